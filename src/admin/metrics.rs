@@ -1,0 +1,284 @@
+//! Prometheus metrics, lock-free on the request path.
+//!
+//! design.md, "Operations": every name is prefixed `sidekey_`. Per-route
+//! counters are plain atomics in a [`RouteMetrics`] that the snapshot hands
+//! to each route, so recording a request is a few relaxed atomic adds: no
+//! map lookup, no lock, no allocation. The registry's mutex is taken only
+//! when a snapshot is built and when `/metrics` is scraped. Route metrics
+//! outlive reloads (counters never go backwards while the process lives).
+//!
+//! Names (also in the README):
+//! - `sidekey_requests_total{route,status}` counter
+//! - `sidekey_request_duration_seconds{route}` histogram, request start to end of response body
+//! - `sidekey_reloads_total{result}` counter, `sidekey_reload_duration_seconds` histogram,
+//!   `sidekey_last_reload_success_timestamp_seconds` gauge
+//! - `sidekey_build_info{version}` gauge
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+/// Upper bounds (seconds) of the latency buckets: LLM calls run from
+/// milliseconds (errors, cached answers) to many minutes (long generations).
+const DURATION_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Upper bounds (seconds) of the reload duration buckets.
+const RELOAD_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// A histogram of fixed buckets, lock-free.
+#[derive(Debug)]
+pub(crate) struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    /// Non-cumulative counts; the last slot is `+Inf`.
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: &'static [f64; N]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=N).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub(crate) fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(N);
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Relaxed);
+            let le = self
+                .bounds
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+/// Counters of one route. Shared by every snapshot that has the route.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    route: Arc<str>,
+    /// Requests by status code, indexed by `status - 100`.
+    statuses: Vec<AtomicU64>,
+    duration: Histogram<16>,
+}
+
+impl RouteMetrics {
+    fn new(route: Arc<str>) -> Self {
+        Self {
+            route,
+            statuses: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            duration: Histogram::new(&DURATION_BUCKETS),
+        }
+    }
+
+    /// The route's name (`""` for requests that matched no route).
+    pub(crate) fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Records one finished request.
+    pub(crate) fn observe(&self, status: StatusCode, elapsed: Duration) {
+        if let Some(c) = self
+            .statuses
+            .get(usize::from(status.as_u16()).wrapping_sub(100))
+        {
+            c.fetch_add(1, Relaxed);
+        }
+        self.duration.observe(elapsed);
+    }
+}
+
+/// Every metric of the process.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    routes: Mutex<BTreeMap<Arc<str>, Arc<RouteMetrics>>>,
+    /// Requests that matched no route.
+    unrouted: Arc<RouteMetrics>,
+    reloads_ok: AtomicU64,
+    reloads_error: AtomicU64,
+    reload_duration: Histogram<8>,
+    last_reload_success: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            routes: Mutex::default(),
+            unrouted: Arc::new(RouteMetrics::new(Arc::from(""))),
+            reloads_ok: AtomicU64::new(0),
+            reloads_error: AtomicU64::new(0),
+            reload_duration: Histogram::new(&RELOAD_BUCKETS),
+            last_reload_success: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics of `route`, created on first use.
+    pub(crate) fn route(&self, route: &str) -> Arc<RouteMetrics> {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = routes.get(route) {
+            return m.clone();
+        }
+        let name: Arc<str> = Arc::from(route);
+        let m = Arc::new(RouteMetrics::new(name.clone()));
+        routes.insert(name, m.clone());
+        m
+    }
+
+    /// The metrics for requests that matched no route.
+    pub(crate) fn unrouted(&self) -> &Arc<RouteMetrics> {
+        &self.unrouted
+    }
+
+    /// Counts a successful load and how long it took.
+    pub(crate) fn reload_ok(&self, took: Duration) {
+        self.reload_duration.observe(took);
+        self.reloads_ok.fetch_add(1, Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_reload_success.store(now, Relaxed);
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let routes: Vec<Arc<RouteMetrics>> = {
+            let map = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+            map.values()
+                .cloned()
+                .chain(std::iter::once(self.unrouted.clone()))
+                .collect()
+        };
+
+        out.push_str(
+            "# HELP sidekey_requests_total Requests answered, by route and HTTP status.\n",
+        );
+        out.push_str("# TYPE sidekey_requests_total counter\n");
+        for m in &routes {
+            for (i, c) in m.statuses.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let status = i + 100;
+                    let _ = writeln!(
+                        out,
+                        "sidekey_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                        m.route
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP sidekey_request_duration_seconds Time from request start to the end of the response body, by route.\n");
+        out.push_str("# TYPE sidekey_request_duration_seconds histogram\n");
+        for m in &routes {
+            m.duration.render(
+                &mut out,
+                "sidekey_request_duration_seconds",
+                &format!("route=\"{}\"", m.route),
+            );
+        }
+
+        out.push_str("# HELP sidekey_reloads_total Reload attempts, by result (error: the last good config stayed).\n");
+        out.push_str("# TYPE sidekey_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "sidekey_reloads_total{{result=\"ok\"}} {}",
+            self.reloads_ok.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "sidekey_reloads_total{{result=\"error\"}} {}",
+            self.reloads_error.load(Relaxed)
+        );
+        out.push_str(
+            "# HELP sidekey_reload_duration_seconds Time to re-read config and credentials.\n",
+        );
+        out.push_str("# TYPE sidekey_reload_duration_seconds histogram\n");
+        self.reload_duration
+            .render(&mut out, "sidekey_reload_duration_seconds", "");
+        out.push_str("# HELP sidekey_last_reload_success_timestamp_seconds Unix time of the last successful load.\n");
+        out.push_str("# TYPE sidekey_last_reload_success_timestamp_seconds gauge\n");
+        let _ = writeln!(
+            out,
+            "sidekey_last_reload_success_timestamp_seconds {}",
+            self.last_reload_success.load(Relaxed)
+        );
+
+        out.push_str("# HELP sidekey_build_info The running version.\n");
+        out.push_str("# TYPE sidekey_build_info gauge\n");
+        let _ = writeln!(
+            out,
+            "sidekey_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let m = Metrics::default();
+        let r = m.route("openai");
+        r.observe(StatusCode::OK, Duration::from_millis(3));
+        r.observe(StatusCode::OK, Duration::from_secs(2));
+        r.observe(StatusCode::BAD_GATEWAY, Duration::from_millis(1));
+        let text = m.render();
+        assert!(
+            text.contains("sidekey_requests_total{route=\"openai\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("sidekey_requests_total{route=\"openai\",status=\"502\"} 1"));
+        assert!(
+            text.contains(
+                "sidekey_request_duration_seconds_bucket{route=\"openai\",le=\"0.005\"} 2"
+            )
+        );
+        assert!(
+            text.contains(
+                "sidekey_request_duration_seconds_bucket{route=\"openai\",le=\"+Inf\"} 3"
+            )
+        );
+        assert!(text.contains("sidekey_request_duration_seconds_count{route=\"openai\"} 3"));
+        assert!(
+            Arc::ptr_eq(&r, &m.route("openai")),
+            "metrics survive reloads"
+        );
+    }
+}

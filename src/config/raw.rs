@@ -1,0 +1,167 @@
+//! The serde mirror of `sidekey.toml`.
+//!
+//! Every struct denies unknown fields, so a misspelt key is an error with a
+//! line number rather than a silently ignored setting. Values that need
+//! checking beyond their TOML type keep their [`Spanned`] position so that
+//! [`super`] can report file, line and key. Nothing here validates.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigToml {
+    pub(crate) listen: Option<Spanned<String>>,
+    pub(crate) admin_listen: Option<Spanned<String>>,
+    pub(crate) ca_file: Option<Spanned<String>>,
+    pub(crate) inbound_token: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) allow_unauthenticated: bool,
+    #[serde(default)]
+    pub(crate) limits: LimitsToml,
+    #[serde(default)]
+    pub(crate) shutdown: ShutdownToml,
+    #[serde(default)]
+    pub(crate) reload: ReloadToml,
+    #[serde(default)]
+    pub(crate) routes: BTreeMap<String, Spanned<RouteToml>>,
+    #[serde(default)]
+    pub(crate) provider_types: BTreeMap<String, Spanned<ProviderTypeToml>>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsToml {
+    pub(crate) max_replay_body: Option<Spanned<String>>,
+    pub(crate) connect_timeout: Option<Spanned<String>>,
+    pub(crate) request_timeout: Option<Spanned<String>>,
+    pub(crate) header_read_timeout: Option<Spanned<String>>,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShutdownToml {
+    pub(crate) drain_delay: Option<Spanned<String>>,
+    pub(crate) grace_period: Option<Spanned<String>>,
+}
+
+/// `[reload]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReloadToml {
+    pub(crate) interval: Option<Spanned<String>>,
+    pub(crate) debounce: Option<Spanned<String>>,
+}
+
+/// `[routes.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteToml {
+    #[serde(rename = "type")]
+    pub(crate) ty: Spanned<String>,
+    pub(crate) upstream: Option<Spanned<String>>,
+    pub(crate) key: Option<Spanned<KeyToml>>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, Spanned<String>>,
+    pub(crate) models: Option<Vec<String>>,
+    pub(crate) ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) deployments: BTreeMap<String, Spanned<DeploymentToml>>,
+    pub(crate) credentials: Option<Spanned<KeyToml>>,
+    pub(crate) project: Option<Spanned<String>>,
+    pub(crate) location: Option<Spanned<String>>,
+    pub(crate) region: Option<Spanned<String>>,
+}
+
+/// `[routes.NAME.deployments.DEPLOYMENT]` (azure).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeploymentToml {
+    pub(crate) endpoint: Spanned<String>,
+    pub(crate) key: Option<Spanned<KeyToml>>,
+}
+
+/// `[provider_types.TYPE]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderTypeToml {
+    #[serde(default)]
+    pub(crate) defaults: ProviderDefaultsToml,
+}
+
+/// `[provider_types.TYPE.defaults]`. The aliases are TensorZero's names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderDefaultsToml {
+    #[serde(alias = "api_key_location")]
+    pub(crate) key: Option<Spanned<KeyToml>>,
+    #[serde(alias = "credential_location")]
+    pub(crate) credentials: Option<Spanned<KeyToml>>,
+}
+
+/// A credential setting: one location, `{ default, fallback }`, or a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyToml {
+    One(String),
+    Fallback { default: String, fallback: String },
+    Pool(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for KeyToml {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = KeyToml;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "a credential location (\"env::NAME\", \"path::/file\", ...), \
+             a table { default = ..., fallback = ... }, or an array of locations",
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyToml, E> {
+        Ok(KeyToml::One(v.to_owned()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyToml, A::Error> {
+        let mut pool = Vec::new();
+        while let Some(loc) = seq.next_element::<String>()? {
+            pool.push(loc);
+        }
+        if pool.is_empty() {
+            return Err(de::Error::invalid_length(0, &"at least one location"));
+        }
+        Ok(KeyToml::Pool(pool))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyToml, A::Error> {
+        let (mut default, mut fallback) = (None, None);
+        while let Some(k) = map.next_key::<String>()? {
+            match k.as_str() {
+                "default" => default = Some(map.next_value::<String>()?),
+                "fallback" => fallback = Some(map.next_value::<String>()?),
+                other => {
+                    return Err(de::Error::unknown_field(other, &["default", "fallback"]));
+                }
+            }
+        }
+        match (default, fallback) {
+            (Some(default), Some(fallback)) => Ok(KeyToml::Fallback { default, fallback }),
+            (Some(default), None) => Ok(KeyToml::One(default)),
+            (None, _) => Err(de::Error::missing_field("default")),
+        }
+    }
+}

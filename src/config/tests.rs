@@ -1,0 +1,172 @@
+//! Config validation: every error names file, line and key.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(
+        text,
+        ConfigSource::File("sidekey.toml".into()),
+        Some(Path::new("/etc/sidekey")),
+        true,
+    )
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn design_example_parses() {
+    let cfg = parse(
+        r#"
+listen = "127.0.0.1:8787"
+admin_listen = "0.0.0.0:9901"
+ca_file = "/etc/sidekey/ca.pem"
+
+[limits]
+max_replay_body = "32MiB"
+connect_timeout = "5s"
+request_timeout = "600s"
+header_read_timeout = "10s"
+
+[routes.openai]
+type = "openai"
+key = { default = "path::/var/run/secrets/sidekey/openai/key",
+        fallback = "path::/var/run/secrets/sidekey/openai/fallback" }
+models = ["gpt-4o", "gpt-4o-mini"]
+
+[routes.azure]
+type = "azure"
+[routes.azure.deployments.gpt-4o]
+endpoint = "https://my-resource.openai.azure.com"
+key = "path::/var/run/secrets/sidekey/azure-gpt4o/key"
+
+[routes.vertex]
+type = "vertex"
+credentials = "path::/var/run/secrets/sidekey/vertex/sa.json"
+project = "my-project"
+location = "us-central1"
+
+[routes.local-llm]
+type = "openai-compatible"
+upstream = "http://vllm.ml.svc.cluster.local:8000"
+key = "none"
+headers = { "X-Auth-Token" = "path::/var/run/secrets/sidekey/local/token" }
+"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.routes.len(), 4);
+    let openai = cfg.routes.iter().find(|r| r.name == "openai").unwrap();
+    assert_eq!(openai.key.policy, Policy::Fallback);
+    assert_eq!(
+        openai.upstream.as_ref().unwrap().to_string(),
+        "https://api.openai.com"
+    );
+    let azure = cfg.routes.iter().find(|r| r.name == "azure").unwrap();
+    assert_eq!(azure.deployments[0].name, "gpt-4o");
+    assert_eq!(
+        azure.deployments[0].key.to_string(),
+        "path::/var/run/secrets/sidekey/azure-gpt4o/key"
+    );
+    let local = cfg.routes.iter().find(|r| r.name == "local-llm").unwrap();
+    assert_eq!(local.key.to_string(), "none");
+    assert_eq!(local.headers[0].0.as_str(), "x-auth-token");
+    assert_eq!(cfg.limits.max_replay_body, 32 << 20);
+}
+
+#[test]
+fn unknown_keys_are_errors_with_a_line() {
+    let e = err("[routes.openai]\ntype = \"openai\"\nmodles = [\"x\"]\n");
+    assert!(e.starts_with("sidekey.toml:3:1: "), "{e}");
+    assert!(e.contains("unknown field `modles`"), "{e}");
+}
+
+#[test]
+fn unknown_type_names_the_key_and_lists_types() {
+    let e = err("[routes.x]\ntype = \"opnai\"\n");
+    assert!(
+        e.starts_with("sidekey.toml:2:8: routes.x.type: unknown provider type `opnai`"),
+        "{e}"
+    );
+    assert!(e.contains("openai, openai-compatible"), "{e}");
+}
+
+#[test]
+fn a_pasted_key_is_never_echoed() {
+    let e = err("[routes.openai]\ntype = \"openai\"\nkey = \"sk-live-123456\"\n");
+    assert!(e.contains("routes.openai.key"), "{e}");
+    assert!(!e.contains("sk-live"), "{e}");
+    // Even a syntax error on the line with the key does not show the line.
+    let e = err("[routes.openai]\ntype = \"openai\"\nkey = \"sk-live-123456\n");
+    assert!(!e.contains("sk-live"), "{e}");
+    assert!(e.starts_with("sidekey.toml:3:"), "{e}");
+}
+
+#[test]
+fn self_hosted_types_need_an_upstream() {
+    let e = err("[routes.local]\ntype = \"vllm\"\n");
+    assert!(e.contains("routes.local.upstream"), "{e}");
+}
+
+#[test]
+fn misplaced_keys_are_errors() {
+    assert!(
+        err("[routes.o]\ntype = \"openai\"\nregion = \"us-east-1\"\n")
+            .contains("only valid for bedrock")
+    );
+    assert!(
+        err("[routes.o]\ntype = \"openai\"\nproject = \"p\"\n").contains("only valid for vertex")
+    );
+    assert!(err("[routes.v]\ntype = \"vertex\"\nkey = \"env::X\"\n").contains("not `key`"));
+    assert!(
+        err("[routes.o]\ntype = \"openai\"\nkey = \"metadata\"\n")
+            .contains("only valid as `credentials`")
+    );
+    assert!(err("[routes.a]\ntype = \"azure\"\n").contains("deployments"));
+}
+
+#[test]
+fn non_loopback_listen_needs_a_token_or_an_explicit_opt_out() {
+    let e = err("listen = \"0.0.0.0:8787\"\n");
+    assert!(e.contains("inbound_token"), "{e}");
+    parse("listen = \"0.0.0.0:8787\"\ninbound_token = \"path::/t\"\n").unwrap();
+    parse("listen = \"0.0.0.0:8787\"\nallow_unauthenticated = true\n").unwrap();
+}
+
+#[test]
+fn durations_and_sizes_are_checked() {
+    assert!(
+        err("[limits]\nconnect_timeout = \"5\"\n")
+            .contains("limits.connect_timeout: `5` needs a unit")
+    );
+    assert!(err("[limits]\nmax_replay_body = \"lots\"\n").contains("limits.max_replay_body"));
+    assert!(err("[limits]\nrequest_timeout = \"0s\"\n").contains("greater than zero"));
+}
+
+#[test]
+fn provider_type_defaults_apply_to_routes_without_a_key() {
+    let cfg = parse(
+        "[provider_types.openai.defaults]\napi_key_location = \"path::keys/openai\"\n\
+         [routes.a]\ntype = \"openai\"\n[routes.b]\ntype = \"openai\"\nkey = \"env::B\"\n",
+    )
+    .unwrap();
+    let key = |n: &str| {
+        cfg.routes
+            .iter()
+            .find(|r| r.name == n)
+            .unwrap()
+            .key
+            .to_string()
+    };
+    assert_eq!(key("a"), "path::/etc/sidekey/keys/openai");
+    assert_eq!(key("b"), "env::B");
+}
+
+#[test]
+fn bad_route_names_and_headers_are_errors() {
+    assert!(err("[routes.\"a/b\"]\ntype = \"openai\"\n").contains("one path segment"));
+    assert!(
+        err("[routes.a]\ntype = \"openai\"\nheaders = { \"Host\" = \"env::H\" }\n")
+            .contains("managed by sidekey")
+    );
+}

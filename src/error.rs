@@ -1,0 +1,211 @@
+//! Errors that sidekey itself answers, and the one place that turns them into
+//! responses.
+//!
+//! design.md, "Request path": sidekey's own errors use the OpenAI error
+//! envelope, `{"error":{"message":"...","type":"sidekey_error","code":"..."}}`,
+//! so every SDK shows the message. Messages name the route and the
+//! credential's *location*, never a credential value. Answers from the
+//! provider are never rewritten: they are not `ProxyError`s.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::credentials::NoCredential;
+
+/// Everything that makes sidekey answer instead of the provider.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    #[error("no route: requests go to /ROUTE/..., configured routes: {routes}")]
+    NoRoute { routes: String },
+    #[error("unknown route `{route}`; configured routes: {routes}")]
+    UnknownRoute { route: String, routes: String },
+    #[error("absolute-form request targets are refused: sidekey is not a forward proxy")]
+    AbsoluteForm,
+    #[error("CONNECT is refused: sidekey is not a forward proxy")]
+    Connect,
+    #[error("protocol upgrades (WebSocket) are not supported")]
+    Upgrade,
+    #[error("missing or wrong inbound token: send it as the API key or in x-sidekey-token")]
+    Unauthorized,
+    #[error("inbound token unavailable: {0}")]
+    InboundTokenUnavailable(String),
+    #[error("route {route}: model `{model}` is not allowed on this route")]
+    ModelNotAllowed { route: String, model: String },
+    #[error(
+        "route {route}: the request body exceeds {limit} bytes (limits.max_replay_body), too large to check the model allowlist"
+    )]
+    BodyTooLarge { route: String, limit: u64 },
+    #[error("route {route}: could not read the request body: {reason}")]
+    RequestBody { route: String, reason: String },
+    #[error(
+        "route {route}: the request body is not JSON with a string `model`, which the model allowlist needs"
+    )]
+    NoModel { route: String },
+    #[error("route {route}: credential unavailable: {source}")]
+    CredentialUnavailable {
+        route: String,
+        #[source]
+        source: NoCredential,
+    },
+    #[error(
+        "route {route}: azure deployment `{deployment}` is not configured; configured deployments: {known}"
+    )]
+    UnknownDeployment {
+        route: String,
+        deployment: String,
+        known: String,
+    },
+    #[error(
+        "route {route}: no deployment in the path (/openai/deployments/NAME/...) and no route-level `upstream`"
+    )]
+    NoDeployment { route: String },
+    #[error("route {route}: upstream {upstream} is unreachable: {reason}")]
+    UpstreamUnreachable {
+        route: String,
+        upstream: String,
+        reason: String,
+    },
+    #[error("route {route}: upstream {upstream} did not answer within {}s (limits.request_timeout)", .after.as_secs_f64())]
+    UpstreamTimeout {
+        route: String,
+        upstream: String,
+        after: Duration,
+    },
+    #[error("route {route}: provider type `{ty}` is not supported by this build yet ({reason})")]
+    NotImplemented {
+        route: String,
+        ty: &'static str,
+        reason: &'static str,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The status and envelope `code` of this error: the whole mapping, in one
+    /// place (pinned by `status_and_code_table`).
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            Self::NoRoute { .. } | Self::UnknownRoute { .. } => (S::NOT_FOUND, "unknown_route"),
+            Self::UnknownDeployment { .. } | Self::NoDeployment { .. } => {
+                (S::NOT_FOUND, "unknown_deployment")
+            }
+            Self::AbsoluteForm => (S::BAD_REQUEST, "absolute_form_refused"),
+            Self::Connect => (S::METHOD_NOT_ALLOWED, "connect_refused"),
+            Self::Upgrade => (S::NOT_IMPLEMENTED, "upgrade_not_supported"),
+            Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            Self::ModelNotAllowed { .. } => (S::FORBIDDEN, "model_not_allowed"),
+            Self::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::RequestBody { .. } => (S::BAD_REQUEST, "bad_request_body"),
+            Self::NoModel { .. } => (S::BAD_REQUEST, "model_missing"),
+            Self::CredentialUnavailable { .. } | Self::InboundTokenUnavailable(_) => {
+                (S::SERVICE_UNAVAILABLE, "credential_unavailable")
+            }
+            Self::UpstreamUnreachable { .. } => (S::BAD_GATEWAY, "upstream_unreachable"),
+            Self::UpstreamTimeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::NotImplemented { .. } => (S::NOT_IMPLEMENTED, "not_implemented"),
+            Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+
+    /// The envelope body.
+    pub(crate) fn body(&self) -> Bytes {
+        let (_, code) = self.status_and_code();
+        let v = serde_json::json!({
+            "error": { "message": self.to_string(), "type": "sidekey_error", "code": code }
+        });
+        Bytes::from(v.to_string())
+    }
+
+    /// The whole response.
+    pub(crate) fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let (status, _) = self.status_and_code();
+        let mut resp = Response::new(B::from(self.body()));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_code_table() {
+        let r = || "r".to_owned();
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (
+                ProxyError::UnknownRoute {
+                    route: r(),
+                    routes: r(),
+                },
+                404,
+                "unknown_route",
+            ),
+            (
+                ProxyError::ModelNotAllowed {
+                    route: r(),
+                    model: r(),
+                },
+                403,
+                "model_not_allowed",
+            ),
+            (
+                ProxyError::CredentialUnavailable {
+                    route: r(),
+                    source: NoCredential(vec![]),
+                },
+                503,
+                "credential_unavailable",
+            ),
+            (
+                ProxyError::UpstreamUnreachable {
+                    route: r(),
+                    upstream: r(),
+                    reason: r(),
+                },
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    route: r(),
+                    upstream: r(),
+                    after: Duration::from_secs(1),
+                },
+                504,
+                "upstream_timeout",
+            ),
+            (
+                ProxyError::NotImplemented {
+                    route: r(),
+                    ty: "vertex",
+                    reason: "x",
+                },
+                501,
+                "not_implemented",
+            ),
+            (ProxyError::Unauthorized, 401, "unauthorized"),
+            (ProxyError::Connect, 405, "connect_refused"),
+            (ProxyError::AbsoluteForm, 400, "absolute_form_refused"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(
+                err.status_and_code(),
+                (StatusCode::from_u16(status).unwrap(), code),
+                "{err}"
+            );
+            let body: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+            assert_eq!(body["error"]["code"], code);
+            assert_eq!(body["error"]["type"], "sidekey_error");
+            assert_eq!(body["error"]["message"], err.to_string());
+        }
+    }
+}

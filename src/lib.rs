@@ -1,0 +1,192 @@
+//! sidekey: a credential-injecting reverse proxy for LLM provider APIs,
+//! built to run as a sidecar beside an application in a Kubernetes pod.
+//!
+//! An app sends plain HTTP to `127.0.0.1:8787/<route>/...` with a dummy key;
+//! sidekey removes whatever credential it sent, adds the real one, forwards
+//! over TLS and streams the answer back. The contract is `shared/design.md`;
+//! the README documents it for users.
+//!
+//! # Layout
+//!
+//! A request flows listener → routes → credentials → provider auth →
+//! upstream → response:
+//!
+//! - [`server`](crate::server): listeners, HTTP/1.1 + h2c, graceful drain.
+//! - `proxy`: the request path as named steps (inbound checks, strip,
+//!   allowlist, forward, response body with access log).
+//! - `routes`: first path segment → route; path and query → upstream URI.
+//! - `credentials`: locations (`env::`, `path::`, ...), the [`Secret`] type,
+//!   reading, and choosing a key per request.
+//! - `providers`: the provider table and per-family injection (one row per type).
+//! - `upstream`: the pooled rustls client (ring, webpki roots + `ca_file`).
+//! - `config`: `sidekey.toml` → validated config, with file:line errors.
+//! - `reload`: the immutable snapshot behind an `ArcSwap`.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`.
+//! - `error`: sidekey's own errors and the one envelope builder.
+//! - [`check`], [`cli`], [`shutdown`], [`telemetry`]: the binary's pieces.
+//!
+//! The request path loads one snapshot per request, takes no lock, copies no
+//! header map, formats no static credential (header values are prepared when
+//! a snapshot is built) and buffers no response.
+
+mod admin;
+pub mod check;
+pub mod cli;
+mod config;
+mod credentials;
+pub mod env;
+mod error;
+mod providers;
+mod proxy;
+mod reload;
+mod routes;
+mod server;
+pub mod shutdown;
+pub mod telemetry;
+mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::{ConfigError, ConfigSource};
+pub use credentials::{Fingerprint, Secret};
+pub use env::{Env, MapEnv, ProcessEnv};
+
+use admin::metrics::Metrics;
+use config::Config;
+use reload::{Shared, Snapshot};
+use upstream::Clients;
+
+/// How to start sidekey.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the config comes from.
+    pub config: ConfigSource,
+    /// The environment credential locations read from.
+    pub env: Arc<dyn Env>,
+}
+
+/// Why sidekey could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A TLS setting of a route cannot be loaded.
+    #[error("{0}")]
+    Tls(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `listen` or `admin_listen`.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The exit status `main` uses for this error.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Tls(_) => check::EXIT_CONFIG,
+            Self::Bind { .. } => 1,
+        }
+    }
+}
+
+/// A loaded, bound sidekey, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    proxy: TcpListener,
+    admin: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Loads the config, reads the credentials and binds both listeners.
+    /// Missing credentials are logged, not fatal: their routes answer 503
+    /// and `/readyz` reports them until a reload finds them.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] for an invalid config or an address that cannot be bound.
+    pub async fn start(options: Options) -> Result<Self, StartError> {
+        let started = tokio::time::Instant::now();
+        let config = Config::load(&options.config, options.env.as_ref())?;
+        let metrics = Arc::new(Metrics::default());
+        let clients = Clients::default();
+        let snap = Snapshot::build(config, options.env.as_ref(), &metrics, &clients)
+            .map_err(|e| StartError::Tls(format!("{}: {e}", options.config.display_name())))?;
+        metrics.reload_ok(started.elapsed());
+        for p in &snap.problems {
+            tracing::warn!(problem = %p, "credential unavailable");
+        }
+        let bind = |addr: SocketAddr, what| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, what, source })
+        };
+        let proxy = bind(snap.config.listen, "listen").await?;
+        let admin = bind(snap.config.admin_listen, "admin_listen").await?;
+        let shared = Arc::new(Shared::new(snap, metrics, options.config));
+        Ok(Self {
+            proxy,
+            admin,
+            shared,
+        })
+    }
+
+    /// The bound proxy address (useful with port 0).
+    ///
+    /// # Errors
+    ///
+    /// When the OS cannot report the address.
+    pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
+        self.proxy.local_addr()
+    }
+
+    /// The bound admin address.
+    ///
+    /// # Errors
+    ///
+    /// When the OS cannot report the address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests in flight (up
+    /// to `shutdown.grace_period`) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            proxy,
+            admin,
+            shared,
+        } = self;
+        {
+            let snap = shared.snapshot();
+            tracing::info!(
+                listen = %snap.config.listen,
+                admin = %snap.config.admin_listen,
+                routes = %snap.routes.names(),
+                config = %shared.source.display_name(),
+                version = env!("CARGO_PKG_VERSION"),
+                "sidekey is serving"
+            );
+        }
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), async move {
+            let _ = admin_stopped.await;
+        }));
+        server::serve_proxy(proxy, shared, shutdown).await;
+        let _ = stop_admin.send(());
+        let _ = admin_task.await;
+        tracing::info!("sidekey stopped");
+    }
+}

@@ -1,0 +1,74 @@
+//! The `sidekey` binary: parse flags, set up logging and the runtime, then run
+//! the proxy or `check`. All logic lives in the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use sidekey::cli::{Cli, Command};
+use sidekey::{ConfigSource, Env, Options, ProcessEnv, Server};
+
+#[allow(
+    clippy::print_stderr,
+    reason = "the binary reports start-up failures on stderr"
+)]
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Arc<dyn Env> = Arc::new(ProcessEnv);
+    let source = cli
+        .config
+        .clone()
+        .map_or(ConfigSource::BuiltIn, ConfigSource::File);
+
+    if let Some(Command::Check) = cli.command {
+        return check(&source, env.as_ref());
+    }
+
+    if let Err(e) = sidekey::telemetry::init(cli.log_format, env.as_ref()) {
+        eprintln!("sidekey: {e}");
+        return ExitCode::from(sidekey::check::EXIT_CONFIG);
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("sidekey");
+    if let Some(n) = cli.worker_threads {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidekey: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = match sidekey::shutdown::signals() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
+        let server = match Server::start(Options {
+            config: source,
+            env,
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "sidekey cannot start");
+                return ExitCode::from(e.exit_code());
+            }
+        };
+        server.run(shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn check(source: &ConfigSource, env: &dyn Env) -> ExitCode {
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    match sidekey::check::run(source, env, &mut out, &mut err) {
+        Ok(verdict) => ExitCode::from(verdict.exit_code()),
+        Err(_) => ExitCode::FAILURE,
+    }
+}

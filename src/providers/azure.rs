@@ -1,0 +1,61 @@
+//! Azure OpenAI: each deployment has its own endpoint and key.
+//!
+//! Clients call `/azure/openai/deployments/{name}/chat/completions?api-version=...`
+//! (what `AzureOpenAI(azure_endpoint="http://127.0.0.1:8787/azure")` sends).
+//! The deployment name picks the target; a route-level `upstream` serves
+//! deployments that are not listed, and paths without a deployment (such as
+//! `/openai/models` or the `/openai/v1/...` API).
+
+use crate::error::ProxyError;
+use crate::routes::{Route, Target};
+
+/// The deployment named in `/openai/deployments/{name}/...`.
+pub(crate) fn deployment(rest: &str) -> Option<&str> {
+    let rest = rest.strip_prefix("/openai/deployments/")?;
+    let name = rest.split('/').next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// The target for a request path on an azure route.
+///
+/// # Errors
+///
+/// [`ProxyError::UnknownDeployment`] / [`ProxyError::NoDeployment`] when no
+/// target serves the path.
+pub(crate) fn target<'r>(
+    route: &Route,
+    deployments: &'r std::collections::HashMap<Box<str>, Target>,
+    default: Option<&'r Target>,
+    rest: &str,
+) -> Result<&'r Target, ProxyError> {
+    match deployment(rest) {
+        Some(name) => deployments.get(name).or(default).ok_or_else(|| {
+            let mut known: Vec<_> = deployments.keys().map(|k| &**k).collect();
+            known.sort_unstable();
+            ProxyError::UnknownDeployment {
+                route: route.name.to_string(),
+                deployment: name.to_owned(),
+                known: known.join(", "),
+            }
+        }),
+        None => default.ok_or_else(|| ProxyError::NoDeployment {
+            route: route.name.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_deployment() {
+        assert_eq!(
+            deployment("/openai/deployments/gpt-4o/chat/completions"),
+            Some("gpt-4o")
+        );
+        assert_eq!(deployment("/openai/deployments/gpt-4o"), Some("gpt-4o"));
+        assert_eq!(deployment("/openai/deployments/"), None);
+        assert_eq!(deployment("/openai/models"), None);
+    }
+}

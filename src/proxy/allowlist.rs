@@ -1,0 +1,151 @@
+//! The model allowlist (`models = [...]`).
+//!
+//! design.md, "Request path" step 3. The model is read from where the
+//! provider puts it: the JSON body's `model` (which means the body is read
+//! into memory, up to `limits.max_replay_body`), the `models/{model}:method`
+//! path segment (Gemini), or the Azure deployment. A request whose model
+//! cannot be determined passes only if it has no body (listing models,
+//! fetching a file); otherwise it gets a 400, because an allowlist that can be
+//! bypassed by leaving the model out is not one.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::providers::ModelIn;
+use crate::routes::Route;
+use crate::upstream::UpstreamBody;
+
+/// Lets the request through or refuses it. Returns the body to send on:
+/// untouched when nothing had to be read, else the bytes that were read.
+///
+/// # Errors
+///
+/// 403 for a model not on the list, 413 when the body is too large to check,
+/// 400 when the model cannot be found in a request that has a body.
+pub(crate) async fn check(
+    route: &Route,
+    rest: &str,
+    deployment: Option<&str>,
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+) -> Result<UpstreamBody, ProxyError> {
+    if route.models.is_none() {
+        return Ok(Either::Left(body));
+    }
+    let (model, body) = match route.spec.model_in {
+        ModelIn::JsonBody => {
+            let bytes = read_body(route, headers, body, limit).await?;
+            let model = model_from_json(&bytes).map(Cow::into_owned);
+            (model, Either::Right(Full::new(bytes)))
+        }
+        ModelIn::PathModelsSegment => (models_segment(rest).map(str::to_owned), Either::Left(body)),
+        ModelIn::PathModelSegment => (model_segment(rest).map(str::to_owned), Either::Left(body)),
+        ModelIn::AzureDeployment => (deployment.map(str::to_owned), Either::Left(body)),
+    };
+    match model {
+        Some(model) if route.allows(&model) => Ok(body),
+        Some(model) => Err(ProxyError::ModelNotAllowed {
+            route: route.name.to_string(),
+            model,
+        }),
+        None if is_empty(&body) => Ok(body),
+        None => Err(ProxyError::NoModel {
+            route: route.name.to_string(),
+        }),
+    }
+}
+
+fn is_empty(body: &UpstreamBody) -> bool {
+    use http_body::Body as _;
+    body.is_end_stream()
+}
+
+/// Reads a request body into memory, refusing more than `limit` bytes (and
+/// refusing early when `Content-Length` already says so).
+///
+/// # Errors
+///
+/// [`ProxyError::BodyTooLarge`] or [`ProxyError::RequestBody`].
+pub(crate) async fn read_body(
+    route: &Route,
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+) -> Result<Bytes, ProxyError> {
+    let too_large = || ProxyError::BodyTooLarge {
+        route: route.name.to_string(),
+        limit,
+    };
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ProxyError::RequestBody {
+            route: route.name.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The `model` of a JSON object body.
+fn model_from_json(bytes: &[u8]) -> Option<Cow<'_, str>> {
+    #[derive(serde::Deserialize)]
+    struct ModelOnly<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
+    }
+    serde_json::from_slice::<ModelOnly<'_>>(bytes).ok()?.model
+}
+
+/// `.../models/{model}:method` or `.../models/{model}` (Gemini, Vertex).
+fn models_segment(rest: &str) -> Option<&str> {
+    let mut segments = rest.split('/');
+    segments.find(|s| *s == "models")?;
+    let seg = segments.next()?;
+    let model = seg.split(':').next().unwrap_or(seg);
+    (!model.is_empty()).then_some(model)
+}
+
+/// `/model/{model}/...` (Bedrock).
+fn model_segment(rest: &str) -> Option<&str> {
+    let mut segments = rest.split('/');
+    segments.find(|s| *s == "model")?;
+    segments.next().filter(|m| !m.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_models() {
+        assert_eq!(
+            model_from_json(br#"{"model":"gpt-4o","messages":[]}"#).as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(model_from_json(br#"{"messages":[]}"#), None);
+        assert_eq!(model_from_json(b"not json"), None);
+        assert_eq!(
+            models_segment("/v1beta/models/gemini-2.0-flash:generateContent"),
+            Some("gemini-2.0-flash")
+        );
+        assert_eq!(models_segment("/v1beta/models"), None);
+        assert_eq!(
+            model_segment("/model/anthropic.claude-v2/invoke"),
+            Some("anthropic.claude-v2")
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! The response body sent back to the client, and the end-of-request record.
+//!
+//! [`ResponseBody`] forwards the upstream's frames as they arrive (design.md,
+//! step 4: no buffering; hyper flushes each frame), cuts a stream that stays
+//! silent for `limits.request_timeout`, and, when the body ends or is dropped,
+//! lets [`Done`] record the metrics and write the one access-log line, so
+//! durations and outcomes cover the whole stream, not just its head.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::admin::metrics::RouteMetrics;
+use crate::credentials::Fingerprint;
+
+/// The error type of response bodies.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a response ended, for the access log.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Outcome {
+    /// Every byte reached the client (as far as the socket took it).
+    Complete,
+    /// The client went away before the end.
+    ClientClosed,
+    /// The upstream connection failed mid-body.
+    UpstreamError,
+    /// The upstream sent nothing for `limits.request_timeout`.
+    IdleTimeout,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::ClientClosed => "client_closed",
+            Self::UpstreamError => "upstream_error",
+            Self::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// What is known about a request when its response ends. Dropping it records
+/// the request: one metrics update and one access-log line.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub(crate) metrics: Arc<RouteMetrics>,
+    pub(crate) start: Instant,
+    pub(crate) method: Method,
+    /// Kept whole (cheap: it is reference-counted); only its path is logged,
+    /// never the query, which may carry a key.
+    pub(crate) uri: Uri,
+    pub(crate) status: StatusCode,
+    pub(crate) fingerprint: Option<Fingerprint>,
+    /// How many upstream attempts were made.
+    pub(crate) attempts: u8,
+    /// sidekey's own error message, when sidekey answered.
+    pub(crate) error: Option<String>,
+    pub(crate) outcome: Outcome,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        self.metrics.observe(self.status, elapsed);
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let fingerprint = self.fingerprint.map(tracing::field::display);
+        let route = self.metrics.route();
+        let status = self.status.as_u16();
+        if let Some(error) = &self.error {
+            tracing::warn!(
+                target: "sidekey::access",
+                route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
+                error = %error,
+                "request"
+            );
+        } else if self.outcome == Outcome::Complete {
+            tracing::info!(
+                target: "sidekey::access",
+                route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
+                fingerprint, attempts = self.attempts,
+                "request"
+            );
+        } else {
+            tracing::warn!(
+                target: "sidekey::access",
+                route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
+                fingerprint, attempts = self.attempts, outcome = self.outcome.as_str(),
+                "request"
+            );
+        }
+    }
+}
+
+/// The upstream went silent for longer than `limits.request_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {0:?}; stream cut")]
+pub(crate) struct IdleTimeout(Duration);
+
+pin_project_lite::pin_project! {
+    /// A response body for the client: the upstream's stream, or a body of
+    /// sidekey's own (an error envelope).
+    pub(crate) struct ResponseBody {
+        #[pin]
+        inner: Inner,
+        done: Option<Done>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Upstream {
+            #[pin]
+            body: Incoming,
+            #[pin]
+            idle: Sleep,
+            timeout: Duration,
+        },
+        Local {
+            body: Full<Bytes>,
+        },
+    }
+}
+
+impl ResponseBody {
+    /// Streams `body`, cutting it after `timeout` of silence.
+    pub(crate) fn upstream(body: Incoming, timeout: Duration, mut done: Done) -> Self {
+        if body.is_end_stream() {
+            // hyper will not poll an empty body: the response is complete now.
+            done.outcome = Outcome::Complete;
+        }
+        Self {
+            inner: Inner::Upstream {
+                body,
+                idle: tokio::time::sleep(timeout),
+                timeout,
+            },
+            done: Some(done),
+        }
+    }
+
+    /// A body sidekey wrote itself.
+    pub(crate) fn local(bytes: Bytes, mut done: Done) -> Self {
+        done.outcome = Outcome::Complete;
+        Self {
+            inner: Inner::Local {
+                body: Full::new(bytes),
+            },
+            done: Some(done),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let (frame, outcome) = match this.inner.project() {
+            InnerProj::Upstream {
+                body,
+                mut idle,
+                timeout,
+            } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    idle.as_mut().reset(Instant::now() + *timeout);
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => (Some(Err(BoxError::from(e))), Outcome::UpstreamError),
+                Poll::Ready(None) => (None, Outcome::Complete),
+                Poll::Pending => {
+                    ready!(idle.poll(cx));
+                    (
+                        Some(Err(BoxError::from(IdleTimeout(*timeout)))),
+                        Outcome::IdleTimeout,
+                    )
+                }
+            },
+            InnerProj::Local { body } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => (None, Outcome::Complete),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        if let Some(mut done) = this.done.take() {
+            done.outcome = outcome;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Local { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.size_hint(),
+            Inner::Local { body } => body.size_hint(),
+        }
+    }
+}

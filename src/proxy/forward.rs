@@ -1,0 +1,64 @@
+//! Sending the prepared request upstream, with the error mapping for what can
+//! go wrong before a response head arrives.
+//!
+//! A refused or failing connection is a fast 502 naming the route and the
+//! upstream host (never the path or query, which may carry a key); no response
+//! head within `limits.request_timeout` is a 504. Once a head has arrived the
+//! request is the provider's answer, whatever its status.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::routes::{Route, UpstreamBase};
+use crate::upstream::UpstreamBody;
+
+/// Sends `req` through the route's client.
+///
+/// # Errors
+///
+/// [`ProxyError::UpstreamUnreachable`] or [`ProxyError::UpstreamTimeout`].
+pub(crate) async fn send(
+    route: &Route,
+    upstream: &UpstreamBase,
+    req: Request<UpstreamBody>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(timeout, route.client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
+            route: route.name.to_string(),
+            upstream: upstream.host().to_owned(),
+            reason: reason(&e),
+        }),
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            route: route.name.to_string(),
+            upstream: upstream.host().to_owned(),
+            after: timeout,
+        }),
+    }
+}
+
+/// A one-line reason from the error chain: hyper-util's outer error only says
+/// "client error (Connect)"; the useful part is underneath.
+fn reason(e: &hyper_util::client::legacy::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if e.is_connect() {
+        parts.push("connect failed".to_owned());
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    parts.join(": ")
+}

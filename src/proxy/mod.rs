@@ -1,0 +1,217 @@
+//! The request path, as design.md's "Request path" lists it.
+//!
+//! [`handle`] is what the server calls for every request. It loads the
+//! snapshot once, runs [`handle_inner`] (whose steps read top to bottom like
+//! the design), and turns any [`ProxyError`] into sidekey's error envelope. It
+//! is the only place that builds a response; the access log and metrics are
+//! written by [`body::Done`] when the response body ends, so a stream is
+//! measured to its last byte.
+//!
+//! Steps, each in its own file: [`inbound`] (refuse forward-proxy requests,
+//! check the inbound token), routing ([`crate::routes`]), credential choice
+//! ([`crate::credentials`]), [`strip`], [`allowlist`], injection
+//! ([`crate::providers`]), [`forward`], and [`body`] for the way back.
+
+pub(crate) mod allowlist;
+pub(crate) mod body;
+pub(crate) mod forward;
+pub(crate) mod inbound;
+pub(crate) mod strip;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Request, Response, Uri, Version, request};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::admin::metrics::RouteMetrics;
+use crate::credentials::{Chosen, Fingerprint};
+use crate::error::ProxyError;
+use crate::providers::{self, azure};
+use crate::reload::{Shared, Snapshot};
+use crate::routes::{self, Route, Target, Targets};
+use body::{Done, Outcome, ResponseBody};
+
+/// What the steps learn about a request, for the access log and metrics.
+#[derive(Debug, Default)]
+struct RequestCtx {
+    metrics: Option<Arc<RouteMetrics>>,
+    fingerprint: Option<Fingerprint>,
+    attempts: u8,
+}
+
+/// Serves one request. Never fails: errors become envelope responses.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    let snap = shared.snapshot();
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+    let mut cx = RequestCtx::default();
+
+    let result = handle_inner(&snap, &uri, parts, body, &mut cx).await;
+
+    let done = |status, error| Done {
+        metrics: cx
+            .metrics
+            .take()
+            .unwrap_or_else(|| shared.metrics.unrouted().clone()),
+        start,
+        method,
+        uri,
+        status,
+        fingerprint: cx.fingerprint,
+        attempts: cx.attempts,
+        error,
+        outcome: Outcome::ClientClosed,
+    };
+    Ok(match result {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip::hop_by_hop(&mut parts.headers);
+            parts.version = Version::HTTP_11;
+            let body = ResponseBody::upstream(
+                body,
+                snap.config.limits.request_timeout,
+                done(parts.status, None),
+            );
+            Response::from_parts(parts, body)
+        }
+        Err(err) => {
+            let message = err.to_string();
+            let resp = err.into_response::<bytes::Bytes>();
+            let status = resp.status();
+            resp.map(|bytes| ResponseBody::local(bytes, done(status, Some(message))))
+        }
+    })
+}
+
+async fn handle_inner(
+    snap: &Snapshot,
+    uri: &Uri,
+    mut parts: request::Parts,
+    body: Incoming,
+    cx: &mut RequestCtx,
+) -> Result<Response<Incoming>, ProxyError> {
+    inbound::check(&parts)?;
+    inbound::authorize(snap, &parts.headers)?;
+
+    // 1. Route by the first path segment; the rest goes to the upstream.
+    let (name, rest) = routes::split_path(uri.path());
+    let route = select(snap, name)?;
+    cx.metrics = Some(route.metrics.clone());
+    let (target, deployment) = target(route, rest)?;
+
+    // 2. Choose the credential (a dynamic one is taken out of the request),
+    //    then remove every client credential and hop-by-hop header.
+    let chosen = target
+        .keys
+        .choose(&mut parts.headers)
+        .map_err(|source| credential_error(route, "", source))?;
+    let extra = extra_headers(route, &mut parts.headers)?;
+    strip::request(&mut parts.headers);
+
+    // 3. Enforce the model allowlist.
+    let limit = snap.config.limits.max_replay_body;
+    let body = allowlist::check(route, rest, deployment, &parts.headers, body, limit).await?;
+
+    // 4. Add the credential in the provider's form and forward.
+    cx.fingerprint = chosen.fingerprint();
+    providers::api_key::inject(route.spec, &mut parts.headers, chosen);
+    for (name, value) in extra {
+        parts.headers.insert(name, value);
+    }
+    let query = uri.query().map(routes::strip_key_param);
+    parts.uri = target.upstream.uri(rest, query.as_deref()).map_err(|e| {
+        ProxyError::Internal(format!(
+            "route {}: cannot build upstream URI: {e}",
+            route.name
+        ))
+    })?;
+    // The client picks h2 or HTTP/1.1 per connection (ALPN); an inbound h2c
+    // version would be refused on an HTTP/1.1 connection.
+    parts.version = Version::HTTP_11;
+    parts.extensions.clear();
+    cx.attempts = 1;
+    forward::send(
+        route,
+        &target.upstream,
+        Request::from_parts(parts, body),
+        snap.config.limits.request_timeout,
+    )
+    .await
+}
+
+fn select<'s>(snap: &'s Snapshot, name: &str) -> Result<&'s Route, ProxyError> {
+    snap.routes.get(name).ok_or_else(|| {
+        let routes = snap.routes.names();
+        if name.is_empty() {
+            ProxyError::NoRoute { routes }
+        } else {
+            ProxyError::UnknownRoute {
+                route: name.to_owned(),
+                routes,
+            }
+        }
+    })
+}
+
+/// The target serving `rest`, and the Azure deployment it names.
+fn target<'r>(
+    route: &'r Route,
+    rest: &'r str,
+) -> Result<(&'r Target, Option<&'r str>), ProxyError> {
+    match &route.targets {
+        Targets::One(t) => Ok((t, None)),
+        Targets::Azure {
+            deployments,
+            default,
+        } => Ok((
+            azure::target(route, deployments, default.as_ref(), rest)?,
+            azure::deployment(rest),
+        )),
+        Targets::Unsupported(reason) => Err(ProxyError::NotImplemented {
+            route: route.name.to_string(),
+            ty: route.spec.name,
+            reason,
+        }),
+    }
+}
+
+/// Values for the route's extra credential headers, chosen before the
+/// client's headers are stripped (a dynamic value comes from them).
+fn extra_headers(
+    route: &Route,
+    headers: &mut http::HeaderMap,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
+    let mut out = Vec::with_capacity(route.headers.len());
+    for (name, keys) in route.headers.iter() {
+        let value = match keys
+            .choose(headers)
+            .map_err(|e| credential_error(route, name.as_str(), e))?
+        {
+            Chosen::Static { header, .. } => header.clone(),
+            Chosen::Dynamic(v) => v,
+            Chosen::Nothing => continue,
+        };
+        out.push((name.clone(), value));
+    }
+    Ok(out)
+}
+
+fn credential_error(
+    route: &Route,
+    header: &str,
+    source: crate::credentials::NoCredential,
+) -> ProxyError {
+    let route = if header.is_empty() {
+        route.name.to_string()
+    } else {
+        format!("{} (header {header})", route.name)
+    };
+    ProxyError::CredentialUnavailable { route, source }
+}

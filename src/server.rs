@@ -1,0 +1,112 @@
+//! Listeners and connections: accept, serve HTTP/1.1 and h2c, drain on shutdown.
+//!
+//! design.md, "Operations" → Shutdown. Each accepted socket gets TCP_NODELAY
+//! (server-sent events must not wait for Nagle) and is served by hyper-util's
+//! auto builder, which speaks HTTP/1.1 and prior-knowledge h2c on the same
+//! port. The HTTP/1 header-read timeout (slowloris guard, and idle timeout of
+//! keep-alive connections) needs a timer to take effect, so one is set. On
+//! shutdown: `/readyz` turns 503, new connections are still accepted for
+//! `shutdown.drain_delay`, then the listener closes and requests in flight get
+//! up to `shutdown.grace_period` to finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::proxy;
+use crate::reload::Shared;
+
+/// Pause after a failed `accept` (for example, out of file descriptors), so
+/// the loop does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Serves the proxy port until `shutdown` resolves, then drains.
+pub(crate) async fn serve_proxy(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let snap = shared.snapshot();
+    let limits = snap.config.limits.clone();
+    let settings = snap.config.shutdown.clone();
+    drop(snap);
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+
+    let graceful = GracefulShutdown::new();
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| proxy::handle(shared.clone(), req))
+    };
+
+    let accept_one = |stream: tokio::net::TcpStream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc.clone())
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    };
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => accept_one(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+
+    shared.start_draining();
+    tracing::info!(
+        drain_delay_ms = settings.drain_delay.as_millis(),
+        grace_period_ms = settings.grace_period.as_millis(),
+        "shutdown requested: readiness is now failing"
+    );
+    if !settings.drain_delay.is_zero() {
+        // Classic (non-native) sidecars: the app may still be sending.
+        let delay = tokio::time::sleep(settings.drain_delay);
+        tokio::pin!(delay);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => if let Ok((stream, _)) = accepted { accept_one(stream) },
+                () = &mut delay => break,
+            }
+        }
+    }
+    drop(listener);
+
+    let open = graceful.count();
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!(connections = open, "drained: every request in flight finished"),
+        () = tokio::time::sleep(settings.grace_period) => {
+            tracing::warn!("grace period over: closing connections that are still busy");
+        }
+    }
+}

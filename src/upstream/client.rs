@@ -1,0 +1,62 @@
+//! The pooled hyper-util client used for every upstream request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// A request body on its way upstream: the client's stream as it arrives, or
+/// bytes kept in memory (for the model allowlist or a replay).
+pub(crate) type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+type Inner = LegacyClient<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// A pooled client: cheap to clone, shares one pool per upstream host.
+#[derive(Clone, Debug)]
+pub(crate) struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// A client with the given TLS config and connect timeout.
+    pub(crate) fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        // The connector also dials https:// (the TLS layer wraps it).
+        http.enforce_http(false);
+        // Server-sent events are many small writes: never wait to batch them.
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let inner = LegacyClient::builder(TokioExecutor::new())
+            // The idle timeout only works with a pool timer.
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .build(https);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Sends `req`; resolves when the response head arrives.
+    pub(crate) fn request(
+        &self,
+        req: http::Request<UpstreamBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        self.inner.request(req)
+    }
+}

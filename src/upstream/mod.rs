@@ -1,0 +1,66 @@
+//! Talking to providers: one pooled HTTP client per trust configuration.
+//!
+//! design.md, "Request path" step 4. [`tls`] builds the rustls config (webpki
+//! roots plus optional private CAs, ring as the only crypto provider);
+//! [`client`] wraps hyper-util's pooled client with the connector settings
+//! streaming needs (TCP_NODELAY, timeouts, ALPN h2 and http/1.1). Clients are
+//! cached in [`Clients`] across reloads, so a config change that keeps a
+//! route's trust settings keeps its warm connections. Knows nothing of routes
+//! or credentials.
+
+pub(crate) mod client;
+pub(crate) mod tls;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub(crate) use client::{Client, UpstreamBody};
+use tls::TlsError;
+
+/// What distinguishes one client from another.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct ClientKey {
+    /// Digest of the extra CA certificates (empty when none).
+    cas: Vec<u8>,
+    connect_timeout: Duration,
+}
+
+/// The clients in use, keyed by trust settings and connect timeout.
+#[derive(Debug, Default)]
+pub(crate) struct Clients {
+    cache: Mutex<HashMap<ClientKey, Client>>,
+}
+
+impl Clients {
+    /// The client trusting webpki roots plus the certificates in `ca_files`.
+    /// Reads the CA files every time (they may have changed); builds a new
+    /// client only when their content or the timeout changed.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError`] when a CA file cannot be read or holds no certificate.
+    pub(crate) fn get(
+        &self,
+        ca_files: &[&PathBuf],
+        connect_timeout: Duration,
+    ) -> Result<Client, TlsError> {
+        let cas = tls::read_cas(ca_files)?;
+        let key = ClientKey {
+            cas: tls::digest(&cas),
+            connect_timeout,
+        };
+        // Never held across an await; only snapshot builds take it.
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = Client::new(tls::client_config(&cas)?, connect_timeout);
+        cache.insert(key, client.clone());
+        Ok(client)
+    }
+}

@@ -1,0 +1,263 @@
+//! A mock provider: a real HTTP server (TLS or plain) on 127.0.0.1 that
+//! records every request it receives and answers with a scripted [`Reply`].
+//! Streaming replies send their chunks with a pause between them and record
+//! when each chunk was handed to the socket.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Channel, Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::TestPki;
+
+/// One request as the provider saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+    pub fn path_and_query(&self) -> String {
+        self.uri
+            .path_and_query()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+}
+
+/// What the mock answers.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Full {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
+    /// Chunks sent `gap` apart (the first one immediately).
+    Stream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        chunks: Vec<Bytes>,
+        gap: Duration,
+    },
+    /// Never answer (for timeouts).
+    Hang,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        Self::Full {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from(body.into()),
+        }
+    }
+    pub fn ok() -> Self {
+        Self::json(200, r#"{"ok":true}"#)
+    }
+    pub fn sse(chunks: Vec<String>, gap: Duration) -> Self {
+        Self::Stream {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            chunks: chunks.into_iter().map(Bytes::from).collect(),
+            gap,
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// A running mock provider.
+pub struct Mock {
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:PORT` (or `http://` for a plain mock).
+    pub url: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    /// When each streamed chunk was handed over, per request, in order.
+    sent: Arc<Mutex<Vec<Vec<Instant>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How the mock accepts connections.
+pub enum Transport<'a> {
+    /// TLS with ALPN h2 + http/1.1.
+    Tls(&'a TestPki),
+    /// TLS offering only http/1.1.
+    TlsH1(&'a TestPki),
+    /// Plain HTTP (in-cluster style).
+    Plain,
+}
+
+impl Mock {
+    /// Starts a mock answering every request with `handler`.
+    pub async fn start(
+        transport: Transport<'_>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (acceptor, scheme) = match transport {
+            Transport::Tls(pki) => (Some(TlsAcceptor::from(pki.server.clone())), "https"),
+            Transport::TlsH1(pki) => (Some(TlsAcceptor::from(pki.server_h1.clone())), "https"),
+            Transport::Plain => (None, "http"),
+        };
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let (reqs, sent2) = (requests.clone(), sent.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                stream.set_nodelay(true).unwrap();
+                let (handler, reqs, sent, acceptor) = (
+                    handler.clone(),
+                    reqs.clone(),
+                    sent2.clone(),
+                    acceptor.clone(),
+                );
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        serve(req, handler.clone(), reqs.clone(), sent.clone())
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            url: format!("{scheme}://{addr}"),
+            requests,
+            sent,
+            task,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The most recent request.
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the mock received no request")
+    }
+
+    /// Send times of the chunks of the `i`-th streamed reply.
+    pub fn sent_times(&self, i: usize) -> Vec<Instant> {
+        self.sent
+            .lock()
+            .unwrap()
+            .get(i)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+type MockBody = Either<Full<Bytes>, Channel<Bytes, Infallible>>;
+
+async fn serve(
+    req: Request<Incoming>,
+    handler: Handler,
+    reqs: Arc<Mutex<Vec<Recorded>>>,
+    sent: Arc<Mutex<Vec<Vec<Instant>>>>,
+) -> Result<Response<MockBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let rec = Recorded {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    };
+    reqs.lock().unwrap().push(rec.clone());
+    let reply = handler(&rec);
+    let build = |status: u16, headers: &[(String, String)], body: MockBody| {
+        let mut resp = Response::new(body);
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            resp.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        resp
+    };
+    Ok(match reply {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => build(status, &headers, Either::Left(Full::new(body))),
+        Reply::Stream {
+            status,
+            headers,
+            chunks,
+            gap,
+        } => {
+            let (mut tx, body) = Channel::new(1);
+            let slot = {
+                let mut s = sent.lock().unwrap();
+                s.push(Vec::new());
+                s.len() - 1
+            };
+            tokio::spawn(async move {
+                for (i, chunk) in chunks.into_iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(gap).await;
+                    }
+                    if tx.send_data(chunk).await.is_err() {
+                        return;
+                    }
+                    sent.lock().unwrap()[slot].push(Instant::now());
+                }
+            });
+            build(status, &headers, Either::Right(body))
+        }
+        Reply::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    })
+}

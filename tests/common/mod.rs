@@ -1,0 +1,61 @@
+//! Shared helpers for the integration tests: real sockets on 127.0.0.1, real
+//! TLS with certificates generated per test, sidekey started in-process.
+//!
+//! - [`tls`]: a throwaway CA and a server certificate for 127.0.0.1/localhost.
+//! - [`mock`]: a mock provider that records every request and plays scripted answers.
+//! - [`sidekey`]: start sidekey in-process from TOML text.
+//! - [`client`]: a plain HTTP client for talking to sidekey.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test helpers fail loudly"
+)]
+#![allow(unreachable_pub, missing_docs, reason = "test helpers")]
+
+pub mod client;
+pub mod mock;
+pub mod sidekey;
+pub mod tls;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
+/// with `what`. Every wait in the tests is bounded by one of these.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `value` plus a newline (as Secret files have) to `dir/name`;
+/// returns the path as a string for a `path::` location.
+pub fn write_key(dir: &std::path::Path, name: &str, value: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{value}\n")).unwrap();
+    path.display().to_string()
+}
+
+/// The path of the sidekey binary built for these tests.
+pub fn sidekey_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sidekey")
+}

@@ -1,0 +1,93 @@
+//! sidekey in-process: write a config file, start the server on ephemeral
+//! ports, stop it with a future (the same path SIGTERM takes).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sidekey::{ConfigSource, MapEnv, Options, Server};
+use tokio::sync::oneshot;
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// `http://127.0.0.1:PORT{path}` on the proxy port.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the admin port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Triggers shutdown and returns the task that finishes when draining is done.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("already stopped")
+    }
+
+    /// Shuts down and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        self.begin_shutdown().await.unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Adds `listen` and `admin_listen` on ephemeral loopback ports to `toml`
+/// unless it sets them.
+pub fn with_ephemeral_ports(toml: &str) -> String {
+    let mut head = String::new();
+    if !toml.contains("listen =") && !toml.starts_with("listen") {
+        head.push_str("listen = \"127.0.0.1:0\"\n");
+    }
+    if !toml.contains("admin_listen") {
+        head.push_str("admin_listen = \"127.0.0.1:0\"\n");
+    }
+    head + toml
+}
+
+/// Starts sidekey with `toml` (written to `dir/sidekey.toml`) and `env`.
+pub async fn start_in(dir: &Path, toml: &str, env: MapEnv) -> Running {
+    let config_path = dir.join("sidekey.toml");
+    std::fs::write(&config_path, with_ephemeral_ports(toml)).unwrap();
+    start_file(&config_path, env).await
+}
+
+/// Starts sidekey from an existing config file.
+pub async fn start_file(config_path: &Path, env: MapEnv) -> Running {
+    let server = Server::start(Options {
+        config: ConfigSource::File(config_path.to_path_buf()),
+        env: Arc::new(env),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("sidekey did not start: {e}"));
+    let addr = server.proxy_addr().unwrap();
+    let admin = server.admin_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        admin,
+        config_path: config_path.to_path_buf(),
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
