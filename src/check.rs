@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, Overrides};
 use crate::credentials::{KeySet, KeyValue, Policy};
 use crate::env::Env;
 use crate::reload::snapshot::{InboundToken, Snapshot};
@@ -51,10 +51,11 @@ impl Verdict {
 pub fn run(
     source: &ConfigSource,
     env: &dyn Env,
+    overrides: &Overrides,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> io::Result<Verdict> {
-    let config = match Config::load(source, env) {
+    let config = match Config::load(source, env, overrides) {
         Ok(c) => c,
         Err(e) => {
             writeln!(err, "error: {e}")?;

@@ -2,10 +2,12 @@
 //! by one rule (`--log-format` ↔ `SIDEKEY_LOG_FORMAT`); a flag beats its
 //! variable, which beats the default.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Overrides;
 use crate::telemetry::LogFormat;
 
 /// The config file variable (twin of `--config`).
@@ -27,6 +29,19 @@ pub struct Cli {
     #[arg(long, env = "SIDEKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// Proxy address, overriding the config's `listen`.
+    #[arg(long, env = "SIDEKEY_LISTEN", global = true, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+
+    /// Admin address, overriding the config's `admin_listen`.
+    #[arg(
+        long,
+        env = "SIDEKEY_ADMIN_LISTEN",
+        global = true,
+        value_name = "IP:PORT"
+    )]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Runtime worker threads (default: the CPUs available to the container).
     #[arg(long, env = "SIDEKEY_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
@@ -34,6 +49,17 @@ pub struct Cli {
     /// What to do; without a command, run the proxy.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The settings that win over the config file.
+    #[must_use]
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+        }
+    }
 }
 
 /// Subcommands.

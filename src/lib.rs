@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-pub use config::{ConfigError, ConfigSource};
+pub use config::{ConfigError, ConfigSource, Overrides};
 pub use credentials::{Fingerprint, Secret};
 pub use env::{Env, MapEnv, ProcessEnv};
 
@@ -67,6 +67,8 @@ pub struct Options {
     pub config: ConfigSource,
     /// The environment credential locations read from.
     pub env: Arc<dyn Env>,
+    /// Command-line settings that win over the config file.
+    pub overrides: Overrides,
 }
 
 /// Why sidekey could not start.
@@ -119,7 +121,7 @@ impl Server {
     /// [`StartError`] for an invalid config or an address that cannot be bound.
     pub async fn start(options: Options) -> Result<Self, StartError> {
         let started = tokio::time::Instant::now();
-        let config = Config::load(&options.config, options.env.as_ref())?;
+        let config = Config::load(&options.config, options.env.as_ref(), &options.overrides)?;
         let metrics = Arc::new(Metrics::default());
         let clients = Clients::default();
         let snap = Snapshot::build(config, options.env.as_ref(), &metrics, &clients)
@@ -171,9 +173,13 @@ impl Server {
         } = self;
         {
             let snap = shared.snapshot();
+            let bound = |l: &TcpListener| {
+                l.local_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string())
+            };
             tracing::info!(
-                listen = %snap.config.listen,
-                admin = %snap.config.admin_listen,
+                listen = %bound(&proxy),
+                admin = %bound(&admin),
                 routes = %snap.routes.names(),
                 config = %shared.source.display_name(),
                 version = env!("CARGO_PKG_VERSION"),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use sidekey::cli::{Cli, Command};
-use sidekey::{ConfigSource, Env, Options, ProcessEnv, Server};
+use sidekey::{ConfigSource, Env, Options, Overrides, ProcessEnv, Server};
 
 #[allow(
     clippy::print_stderr,
@@ -20,8 +20,9 @@ fn main() -> ExitCode {
         .clone()
         .map_or(ConfigSource::BuiltIn, ConfigSource::File);
 
+    let overrides = cli.overrides();
     if let Some(Command::Check) = cli.command {
-        return check(&source, env.as_ref());
+        return check(&source, env.as_ref(), &overrides);
     }
 
     if let Err(e) = sidekey::telemetry::init(cli.log_format, env.as_ref()) {
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         let server = match Server::start(Options {
             config: source,
             env,
+            overrides,
         })
         .await
         {
@@ -65,9 +67,9 @@ fn main() -> ExitCode {
     })
 }
 
-fn check(source: &ConfigSource, env: &dyn Env) -> ExitCode {
+fn check(source: &ConfigSource, env: &dyn Env, overrides: &Overrides) -> ExitCode {
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-    match sidekey::check::run(source, env, &mut out, &mut err) {
+    match sidekey::check::run(source, env, overrides, &mut out, &mut err) {
         Ok(verdict) => ExitCode::from(verdict.exit_code()),
         Err(_) => ExitCode::FAILURE,
     }

@@ -85,8 +85,8 @@ pub(crate) async fn serve_proxy(
 
     shared.start_draining();
     tracing::info!(
-        drain_delay_ms = settings.drain_delay.as_millis(),
-        grace_period_ms = settings.grace_period.as_millis(),
+        drain_delay_ms = millis(settings.drain_delay),
+        grace_period_ms = millis(settings.grace_period),
         "shutdown requested: readiness is now failing"
     );
     if !settings.drain_delay.is_zero() {
@@ -109,4 +109,8 @@ pub(crate) async fn serve_proxy(
             tracing::warn!("grace period over: closing connections that are still busy");
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -5,6 +5,8 @@
 //! whose `Debug` shows a fingerprint, header values holding keys are marked
 //! sensitive, and access lines log the path without its query.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::env::Env;
@@ -37,6 +39,8 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in collected logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let result = match format {
         LogFormat::Text => builder.try_init(),

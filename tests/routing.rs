@@ -2,6 +2,14 @@
 //! provider: the client's credential never reaches the provider, the
 //! configured one does, and path and query are mapped onto the upstream.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails by panicking"
+)]
+
 mod common;
 
 use bytes::Bytes;

@@ -59,12 +59,17 @@ fn toml_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ConfigSource};
+    use crate::config::{Config, ConfigSource, Overrides};
     use crate::env::MapEnv;
 
     #[test]
     fn builtin_config_parses_with_one_route_per_type() {
-        let cfg = Config::load(&ConfigSource::BuiltIn, &MapEnv::default()).unwrap();
+        let cfg = Config::load(
+            &ConfigSource::BuiltIn,
+            &MapEnv::default(),
+            &Overrides::default(),
+        )
+        .unwrap();
         let names: Vec<_> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
         for expected in [
             "openai",
@@ -86,7 +91,7 @@ mod tests {
     #[test]
     fn azure_route_appears_with_its_endpoint() {
         let env = MapEnv::new([(ENV_AZURE_ENDPOINT, "https://res.openai.azure.com/")]);
-        let cfg = Config::load(&ConfigSource::BuiltIn, &env).unwrap();
+        let cfg = Config::load(&ConfigSource::BuiltIn, &env, &Overrides::default()).unwrap();
         let azure = cfg.routes.iter().find(|r| r.name == "azure").unwrap();
         assert_eq!(
             azure.upstream.as_ref().unwrap().to_string(),
@@ -97,7 +102,7 @@ mod tests {
     #[test]
     fn odd_endpoints_cannot_inject_toml() {
         let env = MapEnv::new([(ENV_AZURE_ENDPOINT, "x\"\n[routes.evil]\ntype=\"openai")]);
-        let err = Config::load(&ConfigSource::BuiltIn, &env).unwrap_err();
+        let err = Config::load(&ConfigSource::BuiltIn, &env, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("upstream"), "{err}");
     }
 }

@@ -31,6 +31,15 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 /// The admin port when the config names none: reachable by kubelet probes.
 pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9901";
 
+/// Settings given on the command line that win over the config file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen`: the proxy address.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`: the admin address.
+    pub admin_listen: Option<SocketAddr>,
+}
+
 /// Where the config came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -200,20 +209,25 @@ impl Config {
     /// # Errors
     ///
     /// [`ConfigError`] naming file, line, key and the problem.
-    pub(crate) fn load(source: &ConfigSource, env: &dyn Env) -> Result<Self, ConfigError> {
+    pub(crate) fn load(
+        source: &ConfigSource,
+        env: &dyn Env,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
         match source {
             ConfigSource::File(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
                     file: path.display().to_string(),
                     source: e,
                 })?;
-                Self::parse(&text, source.clone(), path.parent(), true)
+                Self::parse(&text, source.clone(), path.parent(), true, overrides)
             }
             ConfigSource::BuiltIn => Self::parse(
                 &defaults::builtin_toml(env),
                 ConfigSource::BuiltIn,
                 None,
                 false,
+                overrides,
             ),
         }
     }
@@ -229,6 +243,7 @@ impl Config {
         source: ConfigSource,
         base: Option<&Path>,
         required: bool,
+        overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
         let cx = Cx {
             text,
@@ -240,7 +255,7 @@ impl Config {
             // the offending line may hold a secret pasted in the wrong place.
             cx.error(e.span().unwrap_or(0..0), None, e.message().trim())
         })?;
-        cx.config(raw, source, required)
+        cx.config(raw, source, required, overrides)
     }
 }
 
@@ -360,13 +375,20 @@ impl Cx<'_> {
         raw: ConfigToml,
         source: ConfigSource,
         required: bool,
+        overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let listen = self.addr(raw.listen.as_ref(), "listen", DEFAULT_LISTEN)?;
-        let admin_listen = self.addr(
-            raw.admin_listen.as_ref(),
-            "admin_listen",
-            DEFAULT_ADMIN_LISTEN,
-        )?;
+        let listen = match overrides.listen {
+            Some(addr) => addr,
+            None => self.addr(raw.listen.as_ref(), "listen", DEFAULT_LISTEN)?,
+        };
+        let admin_listen = match overrides.admin_listen {
+            Some(addr) => addr,
+            None => self.addr(
+                raw.admin_listen.as_ref(),
+                "admin_listen",
+                DEFAULT_ADMIN_LISTEN,
+            )?,
+        };
         if listen == admin_listen && listen.port() != 0 {
             let span = raw.admin_listen.as_ref().map_or(0..0, Spanned::span);
             return Err(self.error(

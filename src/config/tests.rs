@@ -8,6 +8,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
         ConfigSource::File("sidekey.toml".into()),
         Some(Path::new("/etc/sidekey")),
         true,
+        &Overrides::default(),
     )
 }
 

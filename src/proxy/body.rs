@@ -75,8 +75,19 @@ impl Drop for Done {
         let fingerprint = self.fingerprint.map(tracing::field::display);
         let route = self.metrics.route();
         let status = self.status.as_u16();
-        if let Some(error) = &self.error {
+        if let Some(error) = self
+            .error
+            .as_ref()
+            .filter(|_| self.status.is_server_error())
+        {
             tracing::warn!(
+                target: "sidekey::access",
+                route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
+                error = %error,
+                "request"
+            );
+        } else if let Some(error) = &self.error {
+            tracing::info!(
                 target: "sidekey::access",
                 route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
                 error = %error,

@@ -21,6 +21,7 @@
 
 pub mod client;
 pub mod mock;
+pub mod process;
 pub mod sidekey;
 pub mod tls;
 

@@ -74,6 +74,7 @@ pub async fn start_file(config_path: &Path, env: MapEnv) -> Running {
     let server = Server::start(Options {
         config: ConfigSource::File(config_path.to_path_buf()),
         env: Arc::new(env),
+        overrides: sidekey::Overrides::default(),
     })
     .await
     .unwrap_or_else(|e| panic!("sidekey did not start: {e}"));

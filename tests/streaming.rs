@@ -1,0 +1,90 @@
+//! Responses stream back chunk by chunk as they arrive: for each provider
+//! family, a chunk reaches the client before the mock has even sent the next
+//! one (chunks are sent 50 ms apart). Proven by ordering of events on one
+//! clock, not by a speed threshold.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails by panicking"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::client::{self, request};
+use common::mock::{Mock, Reply, Transport};
+use common::sidekey::start_in;
+use common::tls::TestPki;
+use http::Method;
+use sidekey::MapEnv;
+
+const GAP: Duration = Duration::from_millis(50);
+
+fn events(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("data: {{\"chunk\":{i}}}\n\n"))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_family_streams_incrementally() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let mock = Mock::start(Transport::Tls(&pki), |_| Reply::sse(events(5), GAP)).await;
+    let config = format!(
+        "ca_file = \"{ca}\"\n\
+         [routes.openai]\ntype = \"openai\"\nupstream = \"{url}\"\nkey = \"env::K\"\n\
+         [routes.azure]\ntype = \"azure\"\n[routes.azure.deployments.d]\nendpoint = \"{url}\"\nkey = \"env::K\"\n\
+         [routes.anthropic]\ntype = \"anthropic\"\nupstream = \"{url}\"\nkey = \"env::K\"\n\
+         [routes.gemini]\ntype = \"gemini\"\nupstream = \"{url}\"\nkey = \"env::K\"\n",
+        ca = pki.ca_file.display(),
+        url = mock.url
+    );
+    let sidekey = start_in(dir.path(), &config, MapEnv::new([("K", "sk-stream")])).await;
+
+    let paths = [
+        "/openai/v1/chat/completions",
+        "/azure/openai/deployments/d/chat/completions?api-version=2024-10-21",
+        "/anthropic/v1/messages",
+        "/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+    ];
+    for (i, path) in paths.iter().enumerate() {
+        let req = request(
+            Method::POST,
+            &sidekey.url(path),
+            &[("content-type", "application/json")],
+            r#"{"model":"m","stream":true}"#,
+        );
+        let (status, chunks) = client::stream(req).await;
+        assert_eq!(status, 200, "{path}");
+        let body: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.to_vec()).collect();
+        assert_eq!(
+            Bytes::from(body),
+            Bytes::from(events(5).concat()),
+            "{path}: stream altered"
+        );
+
+        let sent = mock.sent_times(i);
+        assert_eq!(sent.len(), 5, "{path}");
+        // Chunk k arrived at the client before chunk k+1 left the mock: nothing
+        // in between held it back.
+        for k in 0..4 {
+            let needle = format!("\"chunk\":{k}}}");
+            let arrived = chunks
+                .iter()
+                .find(|(_, b)| String::from_utf8_lossy(b).contains(&needle))
+                .map(|(t, _)| *t)
+                .unwrap_or_else(|| panic!("{path}: chunk {k} not seen as its own frame"));
+            assert!(
+                arrived < sent[k + 1],
+                "{path}: chunk {k} reached the client only after chunk {} was sent",
+                k + 1
+            );
+        }
+    }
+}
