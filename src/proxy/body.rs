@@ -182,12 +182,20 @@ impl Body for ResponseBody {
         let this = self.project();
         let (frame, outcome) = match this.inner.project() {
             InnerProj::Upstream {
-                body,
+                mut body,
                 mut idle,
                 timeout,
-            } => match body.poll_frame(cx) {
+            } => match body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    idle.as_mut().reset(Instant::now() + *timeout);
+                    // With a Content-Length, hyper stops polling once it has
+                    // written that many bytes: the last frame is the end.
+                    if body.is_end_stream() {
+                        if let Some(mut done) = this.done.take() {
+                            done.outcome = Outcome::Complete;
+                        }
+                    } else {
+                        idle.as_mut().reset(Instant::now() + *timeout);
+                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(Some(Err(e))) => (Some(Err(BoxError::from(e))), Outcome::UpstreamError),
