@@ -25,10 +25,14 @@ fn main() -> ExitCode {
         return check(&source, env.as_ref(), &overrides);
     }
 
-    if let Err(e) = sidekey::telemetry::init(cli.log_format, env.as_ref()) {
-        eprintln!("sidekey: {e}");
-        return ExitCode::from(sidekey::check::EXIT_CONFIG);
-    }
+    // Held until `main` returns, so the last log lines are flushed.
+    let _log_guard = match sidekey::telemetry::init(cli.log_format, env.as_ref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("sidekey: {e}");
+            return ExitCode::from(sidekey::check::EXIT_CONFIG);
+        }
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("sidekey");
     if let Some(n) = cli.worker_threads {

