@@ -1,0 +1,823 @@
+//! What sidekey costs, against nginx doing the same header swap, on the same
+//! machine in the same run (design.md, "Cost").
+//!
+//! `cargo bench --bench cost` (needs `nginx` and `wrk` on PATH: Debian's
+//! `nginx-light` and `wrk`). Prints, for a direct call, sidekey and nginx:
+//!
+//! 1. throughput and CPU per request at 64 connections (wrk, closed loop),
+//!    with access logs off and on: the median of three alternating rounds;
+//! 2. CPU per request at a fixed 5,000 req/s (open loop): both proxies see the
+//!    same arrival pattern, so this is the fairest cost comparison;
+//! 3. added latency (p50/p99) at a fixed 1,000 req/s;
+//! 4. resident memory idle and with 1,000 open streams;
+//! 5. time to the first server-sent event, versus a direct call.
+//!
+//! Layout: both proxies run pinned to CPU 0 with one worker (sidekey:
+//! `--worker-threads 1`; nginx: one process); the upstream (an nginx serving
+//! HTTPS/1.1 for the request benchmarks, an in-process Rust server for the
+//! streams) and the load generators run on CPU 1. Both proxies talk TLS to the
+//! upstream over pooled keep-alive connections and swap `Authorization` for
+//! the configured key, removing the other credential headers. Everything stays
+//! on 127.0.0.1 and every loop is bounded in time (`BENCH_SECS`, default 10).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    missing_docs,
+    reason = "a benchmark driver: it reads its environment, prints, and fails loudly"
+)]
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Channel, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tokio::net::TcpListener;
+
+const KEY: &str = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz";
+const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi"}]}"#;
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+const STREAMS: usize = 1000;
+
+fn main() {
+    // Pin this process (load generators, stream upstream) to CPU 1 and give
+    // it room for thousands of sockets, by re-executing under taskset.
+    if std::env::var_os("SIDEKEY_BENCH_CHILD").is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 20000 2>/dev/null; exec taskset -c 1 \"$0\" \"$@\"")
+            .arg(exe)
+            .args(args)
+            .env("SIDEKEY_BENCH_CHILD", "1")
+            .status()
+            .expect("taskset (util-linux) is needed");
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(Duration::from_secs(secs)));
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    upstream: Proc,
+    sidekey: Proc,
+    nginx: Proc,
+    /// `https://127.0.0.1:P` of the upstream nginx.
+    upstream_url: String,
+    stream_url: String,
+    sidekey_url: String,
+    nginx_url: String,
+}
+
+async fn run(secs: Duration) {
+    for tool in ["nginx", "wrk"] {
+        if Command::new(tool)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!(
+                "{tool} is not on PATH: install Debian's nginx-light and wrk to run this comparison"
+            );
+            std::process::exit(2);
+        }
+    }
+    let mut s = setup().await;
+    println!(
+        "sidekey cost benchmark: {}s per measurement, proxies pinned to CPU 0, one worker each\n",
+        secs.as_secs()
+    );
+
+    println!(
+        "1. Throughput and CPU per request at 64 connections, POST chat completion (wrk, median of 3)"
+    );
+    println!(
+        "   {:<22} {:>12} {:>14} {:>12} {:>12}",
+        "", "req/s", "CPU µs/req", "p50", "p99"
+    );
+    let _ = wrk(&s.upstream_url, Duration::from_secs(1), None).await;
+    let direct = wrk(&s.upstream_url, secs, None).await;
+    println!(
+        "   {:<22} {:>12.0} {:>14} {:>12} {:>12}",
+        "direct (upstream)", direct.rps, "-", direct.p50, direct.p99
+    );
+    for logs in [false, true] {
+        set_logging(&mut s, logs);
+        for url in [&s.sidekey_url, &s.nginx_url] {
+            let _ = wrk(url, Duration::from_secs(1), None).await;
+        }
+        let mut rounds: [Vec<WrkResult>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..3 {
+            rounds[0].push(wrk(&s.sidekey_url, secs, Some(&s.sidekey)).await);
+            rounds[1].push(wrk(&s.nginx_url, secs, Some(&s.nginx)).await);
+        }
+        for (name, mut r) in ["sidekey", "nginx"].into_iter().zip(rounds) {
+            r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            let mid = &r[1];
+            let mut cpu: Vec<f64> = r.iter().filter_map(|x| x.cpu_us_per_req).collect();
+            cpu.sort_by(f64::total_cmp);
+            let label = format!("{name} (logs {})", if logs { "on" } else { "off" });
+            println!(
+                "   {label:<22} {:>12.0} {:>14.1} {:>12} {:>12}",
+                mid.rps,
+                cpu.get(1).copied().unwrap_or(f64::NAN),
+                mid.p50,
+                mid.p99
+            );
+        }
+    }
+    set_logging(&mut s, false);
+
+    println!("\n2. CPU per request at a fixed 5,000 req/s (open loop, 64 connections)");
+    println!(
+        "   {:<22} {:>14} {:>10} {:>10}",
+        "", "CPU µs/req", "p50 µs", "p99 µs"
+    );
+    for (name, url, proc) in [
+        ("sidekey", &s.sidekey_url, &s.sidekey),
+        ("nginx", &s.nginx_url, &s.nginx),
+    ] {
+        let r = fixed_rate(url, secs, 5000, 64, Some(proc)).await;
+        println!(
+            "   {name:<22} {:>14.1} {:>10.0} {:>10.0}",
+            r.cpu_us_per_req, r.p50, r.p99
+        );
+    }
+
+    println!("\n3. Latency at a fixed 1,000 req/s (open loop, 16 connections)");
+    println!(
+        "   {:<22} {:>10} {:>10} {:>14} {:>14}",
+        "", "p50 µs", "p99 µs", "added p50 µs", "added p99 µs"
+    );
+    let base = fixed_rate(&s.upstream_url, secs, 1000, 16, None).await;
+    println!(
+        "   {:<22} {:>10.0} {:>10.0} {:>14} {:>14}",
+        "direct (upstream)", base.p50, base.p99, "-", "-"
+    );
+    for (name, url) in [("sidekey", &s.sidekey_url), ("nginx", &s.nginx_url)] {
+        let r = fixed_rate(url, secs, 1000, 16, None).await;
+        println!(
+            "   {name:<22} {:>10.0} {:>10.0} {:>14.0} {:>14.0}",
+            r.p50,
+            r.p99,
+            r.p50 - base.p50,
+            r.p99 - base.p99
+        );
+    }
+
+    println!("\n4. Resident memory");
+    println!(
+        "   {:<22} {:>10} {:>22}",
+        "",
+        "idle MiB",
+        &format!("{STREAMS} open streams MiB")
+    );
+    for (name, url, proc) in [
+        ("sidekey", &s.sidekey_url, &s.sidekey),
+        ("nginx", &s.nginx_url, &s.nginx),
+    ] {
+        let idle = proc.rss_mib();
+        let busy = open_streams(url, STREAMS, proc).await;
+        println!("   {name:<22} {idle:>10.1} {busy:>22.1}");
+    }
+
+    println!("\n5. Time to the first server-sent event (200 sequential streams)");
+    println!(
+        "   {:<22} {:>10} {:>10} {:>14}",
+        "", "p50 µs", "p99 µs", "added p50 µs"
+    );
+    let direct = first_event(&s.stream_url, 200).await;
+    println!(
+        "   {:<22} {:>10.0} {:>10.0} {:>14}",
+        "direct (upstream)", direct.0, direct.1, "-"
+    );
+    for (name, url) in [("sidekey", &s.sidekey_url), ("nginx", &s.nginx_url)] {
+        let r = first_event(&format!("{url}/stream"), 200).await;
+        println!(
+            "   {name:<22} {:>10.0} {:>10.0} {:>14.0}",
+            r.0,
+            r.1,
+            r.0 - direct.0
+        );
+    }
+    drop(s.upstream);
+}
+
+// === setup ===
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca_pem, cert_pem, key_pem) = certificates();
+    {
+        use rustls::pki_types::pem::PemObject;
+        let ca = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+        BENCH_CA.set(vec![ca]).unwrap();
+    }
+    std::fs::write(d.join("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(d.join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(d.join("key.pem"), &key_pem).unwrap();
+    std::fs::write(d.join("openai-key"), format!("{KEY}\n")).unwrap();
+
+    let up_port = free_port();
+    let upstream = nginx(d, "upstream", 1, &upstream_conf(d, up_port));
+    let stream_addr = stream_upstream(&cert_pem, &key_pem).await;
+    let stream_url = format!("https://{stream_addr}");
+
+    let sk_port = free_port();
+    let admin_port = free_port();
+    std::fs::write(
+        d.join("sidekey.toml"),
+        format!(
+            "listen = \"127.0.0.1:{sk_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nca_file = \"{ca}\"\n\
+             [routes.openai]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\nkey = \"path::{key}\"\n\
+             [routes.stream]\ntype = \"openai\"\nupstream = \"{stream_url}\"\nkey = \"path::{key}\"\n",
+            ca = d.join("ca.pem").display(),
+            key = d.join("openai-key").display(),
+        ),
+    )
+    .unwrap();
+    let sidekey = sidekey_proc(d, false);
+    let ng_port = free_port();
+    let nginx_proxy = nginx(
+        d,
+        "proxy",
+        0,
+        &proxy_conf(d, ng_port, up_port, stream_addr, false),
+    );
+
+    let s = Setup {
+        _dir: dir,
+        upstream,
+        sidekey,
+        nginx: nginx_proxy,
+        upstream_url: format!("https://localhost:{up_port}/v1/chat/completions"),
+        stream_url: format!("{stream_url}/v1/chat/completions"),
+        sidekey_url: format!("http://127.0.0.1:{sk_port}/openai/v1/chat/completions"),
+        nginx_url: format!("http://127.0.0.1:{ng_port}/openai/v1/chat/completions"),
+    };
+    for url in [&s.upstream_url, &s.sidekey_url, &s.nginx_url] {
+        wait_ok(url, s._dir.path()).await;
+    }
+    s
+}
+
+/// A process that is killed when dropped.
+struct Proc {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// A stand-in while a real process is being replaced (`true` exits at once).
+    fn placeholder() -> Self {
+        let child = Command::new("true").spawn().unwrap();
+        Self {
+            child,
+            dir: PathBuf::new(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// utime + stime in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let (_, after_comm) = stat.rsplit_once(')').unwrap();
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        // Fields 14 and 15 of /proc/PID/stat: utime and stime, in clock ticks.
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        kb / 1024.0
+    }
+}
+
+fn sidekey_proc(dir: &Path, logs: bool) -> Proc {
+    let log = std::fs::File::create(dir.join("sidekey.log")).unwrap();
+    let child = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            env!("CARGO_BIN_EXE_sidekey"),
+            "--worker-threads",
+            "1",
+            "--config",
+        ])
+        .arg(dir.join("sidekey.toml"))
+        .env_clear()
+        .env("SIDEKEY_LOG", if logs { "info" } else { "warn" })
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// Turns access logs on or off by restarting both proxies with the setting.
+fn set_logging(s: &mut Setup, on: bool) {
+    let dir = s.sidekey.dir.clone();
+    // Drop the old processes first: they hold the ports.
+    s.sidekey = Proc::placeholder();
+    s.nginx = Proc::placeholder();
+    s.sidekey = sidekey_proc(&dir, on);
+    let conf = std::fs::read_to_string(dir.join("nginx-proxy.conf")).unwrap();
+    let conf = conf
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("access_log") && l.starts_with("    access_log") {
+                if on {
+                    format!("    access_log {}/access.log;", dir.display())
+                } else {
+                    "    access_log off;".to_owned()
+                }
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    s.nginx = nginx(&dir, "proxy", 0, &conf);
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+fn nginx(dir: &Path, name: &str, cpu: u8, conf: &str) -> Proc {
+    let path = dir.join(format!("nginx-{name}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("taskset")
+        .args(["-c", &cpu.to_string(), "nginx", "-c"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        dir: dir.to_path_buf(),
+    }
+}
+
+fn nginx_common(dir: &Path, name: &str) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nuser root;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log error;\n\
+         worker_rlimit_nofile 20000;\nevents {{ worker_connections 8192; }}\n"
+    )
+}
+
+fn temp_paths(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "    client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
+         \x20   uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n"
+    )
+}
+
+fn upstream_conf(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        "{}http {{\n    access_log off;\n{}    keepalive_requests 1000000;\n    server {{\n\
+         \x20       listen 127.0.0.1:{port} ssl;\n        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n\
+         \x20       location / {{ default_type application/json; return 200 '{ANSWER}'; }}\n    }}\n}}\n",
+        nginx_common(dir, "upstream"),
+        temp_paths(dir),
+    )
+}
+
+/// nginx doing what sidekey does: strip client credentials and hop-by-hop
+/// headers, set the key, forward over pooled TLS, stream without buffering.
+fn proxy_conf(dir: &Path, port: u16, up_port: u16, stream: SocketAddr, logs: bool) -> String {
+    let d = dir.display();
+    let access = if logs {
+        format!("access_log {d}/access.log;")
+    } else {
+        "access_log off;".to_owned()
+    };
+    let strip = [
+        "Proxy-Authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "x-amz-date",
+        "x-amz-security-token",
+        "x-amz-content-sha256",
+        "x-sidekey-token",
+    ]
+    .iter()
+    .fold(String::new(), |mut s, h| {
+        let _ = writeln!(s, "        proxy_set_header {h} \"\";");
+        s
+    });
+    let location = |path: &str, upstream: &str, host: &str| {
+        format!(
+            "    location /{path}/ {{\n        proxy_pass https://{upstream}/;\n        proxy_http_version 1.1;\n\
+             \x20       proxy_set_header Connection \"\";\n        proxy_set_header Host {host};\n\
+             \x20       proxy_set_header Authorization \"Bearer {KEY}\";\n{strip}\
+             \x20       proxy_ssl_trusted_certificate {d}/ca.pem;\n        proxy_ssl_verify on;\n        proxy_ssl_name localhost;\n\
+             \x20       proxy_ssl_session_reuse on;\n        proxy_buffering off;\n        proxy_request_buffering off;\n    }}\n"
+        )
+    };
+    format!(
+        "{}http {{\n    {access}\n{}    keepalive_requests 1000000;\n\
+         \x20   upstream provider {{ server 127.0.0.1:{up_port}; keepalive 128; }}\n\
+         \x20   upstream streams {{ server {stream}; keepalive 128; }}\n\
+         \x20   server {{\n        listen 127.0.0.1:{port} backlog=4096;\n{}{}    }}\n}}\n",
+        nginx_common(dir, "proxy"),
+        temp_paths(dir),
+        location("openai", "provider", &format!("localhost:{up_port}")),
+        location("stream", "streams", &stream.to_string()),
+    )
+}
+
+fn certificates() -> (String, String, String) {
+    // Distinct subject names: OpenSSL takes a leaf whose issuer equals its
+    // subject for a self-signed certificate.
+    let mut ca = CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "sidekey bench CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "bench upstream");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_ok(url: &str, dir: &Path) {
+    let client = https_client();
+    let mut last = String::new();
+    for _ in 0..200 {
+        match client.request(post(url)).await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => {
+                let status = r.status();
+                let body = r
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                last = format!("{status}: {}", String::from_utf8_lossy(&body));
+            }
+            Err(e) => last = format!("{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs: String = ["sidekey.log", "proxy-error.log", "upstream-error.log"]
+        .iter()
+        .map(|f| {
+            format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+            )
+        })
+        .collect();
+    panic!("{url} never answered 200; last: {last}\n{logs}");
+}
+
+type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+fn https_client() -> HttpsClient {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in BENCH_CA.get().into_iter().flatten() {
+        roots.add(cert.clone()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(2000)
+        .build(https)
+}
+
+/// The benchmark's CA, generated in `setup`, trusted by its clients.
+static BENCH_CA: std::sync::OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
+    std::sync::OnceLock::new();
+
+fn post(url: &str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer dummy")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap()
+}
+
+// === 1. wrk ===
+
+struct WrkResult {
+    rps: f64,
+    p50: String,
+    p99: String,
+    cpu_us_per_req: Option<f64>,
+}
+
+async fn wrk(url: &str, secs: Duration, proc: Option<&Proc>) -> WrkResult {
+    let script = std::env::temp_dir().join("sidekey-bench-post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"Authorization\"] = \"Bearer dummy\"\n"
+        ),
+    )
+    .unwrap();
+    let before = proc.map(Proc::cpu_secs);
+    let out = tokio::process::Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "-c64", "--latency", "-d"])
+        .arg(format!("{}s", secs.as_secs()))
+        .arg("-s")
+        .arg(&script)
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = proc.map(Proc::cpu_secs);
+    let field = |prefix: &str| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    let errors = text
+        .lines()
+        .any(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if errors {
+        eprintln!("   warning: wrk saw errors for {url}:\n{text}");
+    }
+    WrkResult {
+        rps: field("Requests/sec:").parse().unwrap_or(f64::NAN),
+        p50: field("50%"),
+        p99: field("99%"),
+        cpu_us_per_req: before.zip(after).map(|(b, a)| (a - b) / requests * 1e6),
+    }
+}
+
+// === 2. fixed rate ===
+
+struct RateResult {
+    p50: f64,
+    p99: f64,
+    cpu_us_per_req: f64,
+}
+
+/// Sends `rate` req/s for `secs` over up to `conns` keep-alive connections,
+/// open loop (requests leave on schedule, whatever the answers do). Latency
+/// is timed from each request's actual send, in µs; the proxy's CPU time is
+/// divided by the requests answered.
+async fn fixed_rate(
+    url: &str,
+    secs: Duration,
+    rate: u64,
+    conns: usize,
+    proc: Option<&Proc>,
+) -> RateResult {
+    let client = https_client();
+    let limit = Arc::new(tokio::sync::Semaphore::new(conns));
+    // Warm the connections.
+    let warm: Vec<_> = (0..conns).map(|_| client.request(post(url))).collect();
+    for w in warm {
+        if let Ok(r) = w.await {
+            let _ = r.into_body().collect().await;
+        }
+    }
+    // The runtime's timer ticks in milliseconds: send rate/1000 requests per tick.
+    let per_tick = (rate / 1000).max(1);
+    let ticks = secs.as_millis() as u64;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let before = proc.map(Proc::cpu_secs);
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..ticks {
+        interval.tick().await;
+        for _ in 0..per_tick {
+            let (client, req, tx, limit) = (client.clone(), post(url), tx.clone(), limit.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = limit.acquire_owned().await else {
+                    return;
+                };
+                let sent = Instant::now();
+                if let Ok(resp) = client.request(req).await {
+                    let ok = resp.status().is_success();
+                    let _ = resp.into_body().collect().await;
+                    let _ = tx.send((ok, sent.elapsed()));
+                }
+            });
+        }
+    }
+    drop(tx);
+    let mut lat = Vec::with_capacity((rate * secs.as_secs()) as usize);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Some((ok, d))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        if ok {
+            lat.push(d.as_secs_f64() * 1e6);
+        }
+    }
+    let after = proc.map(Proc::cpu_secs);
+    let answered = lat.len() as f64;
+    let (p50, p99) = percentiles(&mut lat);
+    RateResult {
+        p50,
+        p99,
+        cpu_us_per_req: before
+            .zip(after)
+            .map_or(f64::NAN, |(b, a)| (a - b) / answered * 1e6),
+    }
+}
+
+fn percentiles(v: &mut [f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+// === 3 and 4: streams ===
+
+/// A TLS server on CPU 1 that answers every request with a stream: one event
+/// at once, then silence for a minute (bounded), then `[DONE]`.
+async fn stream_upstream(cert_pem: &str, key_pem: &str) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let certs =
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    let (mut tx, body) = Channel::<Bytes, Infallible>::new(2);
+                    tokio::spawn(async move {
+                        let _ = tx
+                            .send_data(Bytes::from_static(b"data: {\"first\":true}\n\n"))
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        let _ = tx.send_data(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                    });
+                    let mut resp = Response::new(body);
+                    resp.headers_mut()
+                        .insert("content-type", "text/event-stream".parse().unwrap());
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens `n` streams through `url` (`.../stream`), waits for each first
+/// event, reads the proxy's RSS, then closes them.
+async fn open_streams(url: &str, n: usize, proc: &Proc) -> f64 {
+    let url = url.replace("/openai/v1/chat/completions", "/stream/v1/chat/completions");
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(n)
+        .build_http();
+    let mut bodies = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let reqs: Vec<_> = chunk
+            .iter()
+            .map(|_| {
+                client.request(
+                    Request::post(url.as_str())
+                        .body(Empty::<Bytes>::new())
+                        .unwrap(),
+                )
+            })
+            .collect();
+        for r in reqs {
+            let mut body = r.await.unwrap().into_body();
+            let first = tokio::time::timeout(Duration::from_secs(20), body.frame()).await;
+            assert!(matches!(first, Ok(Some(Ok(_)))), "a stream did not start");
+            bodies.push(body);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = proc.rss_mib();
+    drop(bodies);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rss
+}
+
+/// p50/p99 of the time from sending a request to receiving its first body
+/// byte, in µs, over `n` sequential streams on one warm connection.
+async fn first_event(url: &str, n: usize) -> (f64, f64) {
+    let client = https_client();
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        let t = Instant::now();
+        let mut body = client.request(post(url)).await.unwrap().into_body();
+        let _ = body.frame().await;
+        if i >= 10 {
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    percentiles(&mut v)
+}
