@@ -235,7 +235,7 @@ def run(tmp: Path, results: list[tuple[str, bool]]) -> None:
         results.append((name, True))
         print(f"ok   {name}")
 
-    sidekey_bin = Path(os.environ.get("SIDEKEY_BIN", REPO / "target" / "debug" / "sidekey"))
+    sidekey_bin = Path(os.environ.get("SIDEKEY_BIN", REPO / "target" / "debug" / "sidekey")).absolute()
     check(os.access(sidekey_bin, os.X_OK), f"SIDEKEY_BIN {sidekey_bin} is not an executable")
 
     recorder = Recorder()
