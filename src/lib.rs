@@ -55,7 +55,7 @@ pub use config::{ConfigError, ConfigSource, Overrides};
 pub use credentials::{Fingerprint, Secret};
 pub use env::{Env, MapEnv, ProcessEnv};
 
-use admin::metrics::Metrics;
+use admin::metrics::{Metrics, ReloadResult};
 use config::Config;
 use reload::{Shared, Snapshot};
 use upstream::Clients;
@@ -109,6 +109,8 @@ pub struct Server {
     proxy: TcpListener,
     admin: TcpListener,
     shared: Arc<Shared>,
+    /// Already watching: a change made once `start` has returned is seen.
+    reloader: reload::watch::Reloader,
 }
 
 impl Server {
@@ -126,7 +128,7 @@ impl Server {
         let clients = Clients::default();
         let snap = Snapshot::build(config, options.env.as_ref(), &metrics, &clients)
             .map_err(|e| StartError::Tls(format!("{}: {e}", options.config.display_name())))?;
-        metrics.reload_ok(started.elapsed());
+        metrics.reload(ReloadResult::Ok, started.elapsed());
         for p in &snap.problems {
             tracing::warn!(problem = %p, "credential unavailable");
         }
@@ -137,11 +139,20 @@ impl Server {
         };
         let proxy = bind(snap.config.listen, "listen").await?;
         let admin = bind(snap.config.admin_listen, "admin_listen").await?;
-        let shared = Arc::new(Shared::new(snap, metrics, options.config));
+        let shared = Arc::new(Shared::new(
+            snap,
+            metrics,
+            clients,
+            options.env,
+            options.config,
+            options.overrides,
+        ));
+        let reloader = reload::watch::Reloader::new(shared.clone());
         Ok(Self {
             proxy,
             admin,
             shared,
+            reloader,
         })
     }
 
@@ -170,6 +181,7 @@ impl Server {
             proxy,
             admin,
             shared,
+            reloader,
         } = self;
         {
             let snap = shared.snapshot();
@@ -190,9 +202,14 @@ impl Server {
         let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), async move {
             let _ = admin_stopped.await;
         }));
+        let (stop_reload, reload_stopped) = tokio::sync::oneshot::channel::<()>();
+        let reload_task = tokio::spawn(reloader.run(async move {
+            let _ = reload_stopped.await;
+        }));
         server::serve_proxy(proxy, shared, shutdown).await;
+        let _ = stop_reload.send(());
         let _ = stop_admin.send(());
-        let _ = admin_task.await;
+        let _ = tokio::join!(reload_task, admin_task);
         tracing::info!("sidekey stopped");
     }
 }

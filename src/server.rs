@@ -32,16 +32,14 @@ pub(crate) async fn serve_proxy(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let snap = shared.snapshot();
-    let limits = snap.config.limits.clone();
-    let settings = snap.config.shutdown.clone();
-    drop(snap);
+    // Read once: changing it needs a restart (the reloader says so).
+    let header_read_timeout = shared.snapshot().config.limits.header_read_timeout;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -84,6 +82,8 @@ pub(crate) async fn serve_proxy(
     }
 
     shared.start_draining();
+    // The settings in force now, after any reload.
+    let settings = shared.snapshot().config.shutdown.clone();
     tracing::info!(
         drain_delay_ms = millis(settings.drain_delay),
         grace_period_ms = millis(settings.grace_period),

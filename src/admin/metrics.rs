@@ -145,6 +145,15 @@ impl Default for Metrics {
     }
 }
 
+/// The result of a reload attempt, as counted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ReloadResult {
+    /// A new snapshot went live (or the initial load succeeded).
+    Ok,
+    /// The new config or a file it names was bad; the last good one stays.
+    Error,
+}
+
 impl Metrics {
     /// The metrics of `route`, created on first use.
     pub(crate) fn route(&self, route: &str) -> Arc<RouteMetrics> {
@@ -163,14 +172,21 @@ impl Metrics {
         &self.unrouted
     }
 
-    /// Counts a successful load and how long it took.
-    pub(crate) fn reload_ok(&self, took: Duration) {
+    /// Counts a reload attempt (the initial load included) and how long it took.
+    pub(crate) fn reload(&self, result: ReloadResult, took: Duration) {
         self.reload_duration.observe(took);
-        self.reloads_ok.fetch_add(1, Relaxed);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.last_reload_success.store(now, Relaxed);
+        match result {
+            ReloadResult::Ok => {
+                self.reloads_ok.fetch_add(1, Relaxed);
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.last_reload_success.store(now, Relaxed);
+            }
+            ReloadResult::Error => {
+                self.reloads_error.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     /// The Prometheus text exposition of everything.

@@ -138,8 +138,11 @@ impl Default for ShutdownSettings {
 pub(crate) struct ReloadSettings {
     /// Re-read everything this often even without a file event.
     pub(crate) interval: Duration,
-    /// Wait this long after a file event for the burst to settle.
+    /// Wait until watched directories have been quiet this long.
     pub(crate) debounce: Duration,
+    /// Watch the files' directories for changes (off: SIGHUP and the
+    /// periodic re-read only, for file systems that deliver no events).
+    pub(crate) watch: bool,
 }
 
 impl Default for ReloadSettings {
@@ -147,6 +150,7 @@ impl Default for ReloadSettings {
         Self {
             interval: Duration::from_secs(60),
             debounce: Duration::from_millis(100),
+            watch: true,
         }
     }
 }
@@ -497,6 +501,7 @@ impl Cx<'_> {
                 "reload.debounce",
                 dr.debounce,
             )?,
+            watch: raw.reload.watch.unwrap_or(dr.watch),
         };
         if let (Some(v), true) = (&raw.reload.interval, reload.interval.is_zero()) {
             return Err(self.at(v, "reload.interval", "must be greater than zero"));

@@ -1,19 +1,25 @@
 //! The live snapshot and how it is replaced.
 //!
 //! design.md, "Hot reload". [`Shared`] holds the current [`Snapshot`] in an
-//! `ArcSwap`: requests `load_full()` it once, lock-free; a reload builds a
-//! complete new snapshot and stores it, or keeps the old one when the new
-//! config is bad.
+//! `ArcSwap`: requests `load_full()` it once, lock-free, and keep it to the
+//! end. [`Shared::reload`] re-reads the config and every file it names into a
+//! complete new snapshot and swaps it in, or keeps the current one when the
+//! new config is bad. [`watch`] decides when to reload: file events in the
+//! directories that hold those files, SIGHUP, and a periodic re-read.
 
 pub(crate) mod snapshot;
+pub(crate) mod watch;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use tokio::time::Instant;
 
-use crate::admin::metrics::Metrics;
-use crate::config::ConfigSource;
+use crate::admin::metrics::{Metrics, ReloadResult};
+use crate::config::{Config, ConfigSource, Overrides};
+use crate::env::Env;
+use crate::upstream::Clients;
 pub(crate) use snapshot::Snapshot;
 
 /// State shared by the proxy, the admin server and the reloader.
@@ -21,18 +27,47 @@ pub(crate) use snapshot::Snapshot;
 pub(crate) struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Upstream clients, kept across reloads so warm connections survive.
+    pub(crate) clients: Clients,
+    pub(crate) env: Arc<dyn Env>,
     pub(crate) source: ConfigSource,
+    pub(crate) overrides: Overrides,
+    /// The last reload failure, so a broken config that the periodic re-read
+    /// keeps finding is logged and counted once, not every minute.
+    last_error: Mutex<Option<String>>,
     /// Set once shutdown begins: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
 
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Nothing changed; nothing was swapped or logged.
+    Unchanged,
+    /// A new snapshot serves new requests.
+    Swapped,
+    /// The new config or a file it names is bad; the current snapshot stays.
+    Rejected(String),
+}
+
 impl Shared {
     /// State serving `snapshot`.
-    pub(crate) fn new(snapshot: Snapshot, metrics: Arc<Metrics>, source: ConfigSource) -> Self {
+    pub(crate) fn new(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        clients: Clients,
+        env: Arc<dyn Env>,
+        source: ConfigSource,
+        overrides: Overrides,
+    ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
+            clients,
+            env,
             source,
+            overrides,
+            last_error: Mutex::new(None),
             draining: AtomicBool::new(false),
         }
     }
@@ -50,5 +85,70 @@ impl Shared {
     /// Whether shutdown has begun.
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the config and every file it names; swaps in the result if it
+    /// differs from the current snapshot and is at least as good.
+    ///
+    /// A new snapshot is rejected when the config does not load, a route's
+    /// TLS settings do not load, or a credential that reads fine now cannot be
+    /// read (a half-written or deleted Secret file must not replace a working
+    /// key). Each distinct failure is logged once and counted once.
+    pub(crate) fn reload(&self, trigger: &str) -> Outcome {
+        let started = Instant::now();
+        let current = self.snapshot();
+        let next = Config::load(&self.source, self.env.as_ref(), &self.overrides)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                Snapshot::build(config, self.env.as_ref(), &self.metrics, &self.clients)
+                    .map_err(|e| format!("{}: {e}", self.source.display_name()))
+            })
+            .and_then(|next| match next.new_problems(&current) {
+                Some(problems) => Err(problems),
+                None => Ok(next),
+            });
+        let next = match next {
+            Ok(next) => next,
+            Err(reason) => {
+                let mut last = self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if last.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(trigger, error = %reason, "reload rejected: still serving the previous config and keys");
+                    self.metrics.reload(ReloadResult::Error, started.elapsed());
+                    *last = Some(reason.clone());
+                }
+                return Outcome::Rejected(reason);
+            }
+        };
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        if next.digest == current.digest {
+            return Outcome::Unchanged;
+        }
+
+        let changes = snapshot::describe_changes(&current, &next);
+        for setting in snapshot::restart_required(&current.config, &next.config) {
+            tracing::warn!(
+                setting,
+                "changing this setting needs a restart: it keeps its previous value until sidekey restarts"
+            );
+        }
+        for p in next
+            .problems
+            .iter()
+            .filter(|p| !current.problems.contains(p))
+        {
+            tracing::warn!(problem = %p, "credential unavailable");
+        }
+        let in_use = next.clients();
+        self.snapshot.store(Arc::new(next));
+        self.clients.retain(&in_use);
+        self.metrics.reload(ReloadResult::Ok, started.elapsed());
+        tracing::info!(trigger, changes = %changes.join("; "), "reloaded");
+        Outcome::Swapped
     }
 }

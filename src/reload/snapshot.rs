@@ -7,19 +7,20 @@
 //! flight. Building reads files (credentials, CA bundles) and never touches
 //! the network.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::admin::metrics::Metrics;
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, ConfigSource, RouteConfig};
 use crate::credentials::resolve::{self, Unavailable};
-use crate::credentials::{KeySet, Location, Secret};
+use crate::credentials::{KeySet, KeyValue, Location, Secret};
 use crate::env::Env;
 use crate::providers::Family;
 use crate::routes::{Route, RouteTable, Target, Targets};
-use crate::upstream::Clients;
 use crate::upstream::tls::TlsError;
+use crate::upstream::{Client, Clients};
 
 /// A snapshot could not be built (a CA file is bad). Credential problems are
 /// not errors: they are [`Problem`]s, and the route answers 503.
@@ -74,6 +75,9 @@ pub(crate) struct Snapshot {
     pub(crate) inbound_token: Option<InboundToken>,
     /// Credentials that could not be read.
     pub(crate) problems: Vec<Problem>,
+    /// Digest of everything the snapshot was built from (config, credential
+    /// values, trust roots): equal digests mean a reload changes nothing.
+    pub(crate) digest: [u8; 32],
 }
 
 impl Snapshot {
@@ -115,12 +119,103 @@ impl Snapshot {
                     InboundToken::Missing(why)
                 }
             });
-        Ok(Self {
+        let mut snap = Self {
             routes: RouteTable::new(routes),
             inbound_token,
             problems,
             config,
-        })
+            digest: [0; 32],
+        };
+        snap.digest = snap.compute_digest();
+        Ok(snap)
+    }
+
+    fn compute_digest(&self) -> [u8; 32] {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut field = |bytes: &[u8]| {
+            d.update(&(bytes.len() as u64).to_be_bytes());
+            d.update(bytes);
+        };
+        // The validated config holds locations and settings, never values.
+        field(format!("{:?}", self.config).as_bytes());
+        for route in self.routes.iter_sorted() {
+            field(route.name.as_bytes());
+            field(route.client.id());
+            for (label, keys) in route.key_sets() {
+                field(label.as_bytes());
+                for key in keys.keys.iter() {
+                    match &key.value {
+                        KeyValue::Static { header, .. } => field(header.as_bytes()),
+                        KeyValue::Missing(why) => field(why.to_string().as_bytes()),
+                        KeyValue::Dynamic(_) | KeyValue::None => field(b"-"),
+                    }
+                }
+            }
+        }
+        match &self.inbound_token {
+            Some(InboundToken::Ready(s)) => field(s.expose()),
+            Some(InboundToken::Missing(why)) => field(why.to_string().as_bytes()),
+            None => field(b"-"),
+        }
+        let mut out = [0; 32];
+        out.copy_from_slice(d.finish().as_ref());
+        out
+    }
+
+    /// The credential problems of `self` that `current` does not have, as
+    /// one message; `None` when there are none. A reload that would lose a
+    /// working key is rejected.
+    pub(crate) fn new_problems(&self, current: &Self) -> Option<String> {
+        let new: Vec<String> = self
+            .problems
+            .iter()
+            .filter(|p| !current.problems.contains(p))
+            .map(ToString::to_string)
+            .collect();
+        (!new.is_empty()).then(|| format!("credential unavailable: {}", new.join("; ")))
+    }
+
+    /// The upstream clients this snapshot uses.
+    pub(crate) fn clients(&self) -> Vec<Client> {
+        self.routes
+            .iter_sorted()
+            .iter()
+            .map(|r| r.client.clone())
+            .collect()
+    }
+
+    /// Every file this snapshot was built from: the config file, credential
+    /// files, the inbound token, CA files. The reloader watches their
+    /// directories.
+    pub(crate) fn files(&self, source: &ConfigSource, env: &dyn Env) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let ConfigSource::File(path) = source {
+            files.push(path.clone());
+        }
+        let mut add = |loc: &Location| match loc {
+            Location::Path(p) => files.push(p.clone()),
+            Location::PathFromEnv(var) => {
+                if let Some(p) = env.var(var) {
+                    files.push(PathBuf::from(p));
+                }
+            }
+            Location::Env(_) | Location::Dynamic(_) | Location::None | Location::Metadata => {}
+        };
+        for route in self.routes.iter_sorted() {
+            for (_, keys) in route.key_sets() {
+                for key in keys.keys.iter() {
+                    add(&key.location);
+                }
+            }
+        }
+        if let Some(loc) = &self.config.inbound_token {
+            add(loc);
+        }
+        files.extend(self.config.ca_file.iter().cloned());
+        files.extend(self.config.routes.iter().filter_map(|r| r.ca_file.clone()));
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// Problems that make `/readyz` fail.
@@ -219,4 +314,129 @@ fn build_route(
         client,
         metrics: metrics.route(&rc.name),
     })
+}
+
+/// What changed between two snapshots, for the reload log line: routes added
+/// and removed, keys whose fingerprint changed, settings that changed.
+pub(crate) fn describe_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    fn routes(s: &Snapshot) -> BTreeMap<&str, &RouteConfig> {
+        s.config
+            .routes
+            .iter()
+            .map(|r| (r.name.as_str(), r))
+            .collect()
+    }
+    let (before, after) = (routes(old), routes(new));
+    for name in after.keys().filter(|n| !before.contains_key(*n)) {
+        out.push(format!("route {name} added"));
+    }
+    for name in before.keys().filter(|n| !after.contains_key(*n)) {
+        out.push(format!("route {name} removed"));
+    }
+    for (name, cfg) in &after {
+        if let Some(prev) = before.get(name)
+            && prev != cfg
+        {
+            out.push(format!("route {name} settings changed"));
+        }
+    }
+    for route in new.routes.iter_sorted() {
+        let Some(prev) = old.routes.get(&route.name) else {
+            continue;
+        };
+        let prev_keys: BTreeMap<String, &KeySet> = prev.key_sets().into_iter().collect();
+        for (label, keys) in route.key_sets() {
+            let Some(prev_keys) = prev_keys.get(&label) else {
+                continue;
+            };
+            for (i, key) in keys.keys.iter().enumerate() {
+                let was = prev_keys.keys.get(i).map(|k| fingerprint_of(&k.value));
+                let now = fingerprint_of(&key.value);
+                if was.as_deref() != Some(now.as_str()) {
+                    let was = was.unwrap_or_else(|| "none".to_owned());
+                    out.push(format!(
+                        "routes.{}.{label}[{i}] {} {was} -> {now}",
+                        route.name, key.location
+                    ));
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push("settings changed".to_owned());
+    }
+    out
+}
+
+fn fingerprint_of(value: &KeyValue) -> String {
+    match value {
+        KeyValue::Static { fingerprint, .. } => fingerprint.to_string(),
+        KeyValue::Dynamic(_) => "dynamic".to_owned(),
+        KeyValue::None => "none".to_owned(),
+        KeyValue::Missing(_) => "missing".to_owned(),
+    }
+}
+
+/// Settings read once at start: a changed value only takes effect after a
+/// restart, which the reloader says in a log line.
+pub(crate) fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push("listen");
+    }
+    if old.admin_listen != new.admin_listen {
+        out.push("admin_listen");
+    }
+    if old.limits.header_read_timeout != new.limits.header_read_timeout {
+        out.push("limits.header_read_timeout");
+    }
+    out
+}
+
+/// The directories to watch for `files`: each file's parent, or, when that
+/// does not exist yet, its nearest existing ancestor (so the directory's
+/// creation is seen). Symlinks are not resolved: the kubelet swaps the
+/// `..data` link inside the mounted directory, which is where events arrive.
+pub(crate) fn watch_dirs(files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        // `sidekey.toml` (no directory part) lives in the working directory.
+        .map(|f| {
+            f.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        })
+        .filter_map(|dir| dir.ancestors().find(|a| a.is_dir()).map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_dirs_are_parents_or_their_nearest_existing_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir_all(base.join("secrets/openai")).unwrap();
+        let files = [
+            PathBuf::from("sidekey.toml"),
+            base.join("secrets/openai/key"),
+            base.join("secrets/openai/fallback"),
+            base.join("secrets/not-yet/key"),
+        ];
+        let dirs = watch_dirs(&files);
+        assert_eq!(
+            dirs,
+            [
+                base.join("secrets"),
+                base.join("secrets/openai"),
+                PathBuf::from(".")
+            ]
+        );
+    }
 }

@@ -24,11 +24,14 @@ const MAX_IDLE_PER_HOST: usize = 256;
 #[derive(Clone, Debug)]
 pub(crate) struct Client {
     inner: Arc<Inner>,
+    /// What the client was built from (trust roots, timeouts), so a reload
+    /// can tell whether a route's client changed.
+    id: Arc<[u8]>,
 }
 
 impl Client {
     /// A client with the given TLS config and connect timeout.
-    pub(crate) fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(tls: rustls::ClientConfig, connect_timeout: Duration, id: Vec<u8>) -> Self {
         let mut http = HttpConnector::new();
         // The connector also dials https:// (the TLS layer wraps it).
         http.enforce_http(false);
@@ -57,7 +60,18 @@ impl Client {
             .build(https);
         Self {
             inner: Arc::new(inner),
+            id: id.into(),
         }
+    }
+
+    /// What the client was built from.
+    pub(crate) fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// Whether `self` and `other` share a pool.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Sends `req`; resolves when the response head arrives.

@@ -59,8 +59,20 @@ impl Clients {
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let client = Client::new(tls::client_config(&cas)?, connect_timeout);
+        let mut id = key.cas.clone();
+        id.extend_from_slice(&connect_timeout.as_nanos().to_be_bytes());
+        let client = Client::new(tls::client_config(&cas)?, connect_timeout, id);
         cache.insert(key, client.clone());
         Ok(client)
+    }
+
+    /// Drops the cache's reference to clients that `in_use` does not hold;
+    /// their pools close once the last request using them ends.
+    pub(crate) fn retain(&self, in_use: &[Client]) {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|_, c| in_use.iter().any(|u| u.same(c)));
     }
 }

@@ -80,6 +80,10 @@ impl Proc {
         format!("http://{}{path}", self.listen)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }

@@ -197,8 +197,9 @@ content. */}}
 {{- include "sidekey.config" . | sha256sum -}}
 {{- end -}}
 
-{{/* Pod-template annotation that rolls the pods when sidekey.toml changes
-(sidekey hot-reloads credential files, not its config). */}}
+{{/* Pod-template annotation that rolls the pods when sidekey.toml changes.
+sidekey would also hot-reload the ConfigMap, but a chart-driven config change
+is better a visible, revertible rollout. */}}
 {{- define "sidekey.checksumAnnotation" -}}
 checksum/sidekey-config: {{ include "sidekey.configChecksum" . }}
 {{- end -}}
