@@ -63,7 +63,15 @@ pub fn run(
         }
     };
     let metrics = crate::admin::metrics::Metrics::default();
-    let snap = match Snapshot::build(config, env, &metrics, &Clients::default()) {
+    let clients = Clients::default();
+    let health = crate::credentials::pool::HealthRegistry::default();
+    let deps = crate::reload::snapshot::Deps {
+        env,
+        metrics: &metrics,
+        clients: &clients,
+        health: &health,
+    };
+    let snap = match Snapshot::build(config, deps) {
         Ok(s) => s,
         Err(e) => {
             writeln!(err, "error: {}: {e}", source.display_name())?;

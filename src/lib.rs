@@ -57,6 +57,7 @@ pub use env::{Env, MapEnv, ProcessEnv};
 
 use admin::metrics::{Metrics, ReloadResult};
 use config::Config;
+use credentials::pool::HealthRegistry;
 use reload::{Shared, Snapshot};
 use upstream::Clients;
 
@@ -126,7 +127,14 @@ impl Server {
         let config = Config::load(&options.config, options.env.as_ref(), &options.overrides)?;
         let metrics = Arc::new(Metrics::default());
         let clients = Clients::default();
-        let snap = Snapshot::build(config, options.env.as_ref(), &metrics, &clients)
+        let health = HealthRegistry::default();
+        let deps = reload::snapshot::Deps {
+            env: options.env.as_ref(),
+            metrics: &metrics,
+            clients: &clients,
+            health: &health,
+        };
+        let snap = Snapshot::build(config, deps)
             .map_err(|e| StartError::Tls(format!("{}: {e}", options.config.display_name())))?;
         metrics.reload(ReloadResult::Ok, started.elapsed());
         for p in &snap.problems {
@@ -143,6 +151,7 @@ impl Server {
             snap,
             metrics,
             clients,
+            health,
             options.env,
             options.config,
             options.overrides,

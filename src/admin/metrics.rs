@@ -10,17 +10,21 @@
 //! Names (also in the README):
 //! - `sidekey_requests_total{route,status}` counter
 //! - `sidekey_request_duration_seconds{route}` histogram, request start to end of response body
+//! - `sidekey_credential_failovers_total{route,reason}` counter,
+//!   `sidekey_credential_keys_rested{route}` gauge
 //! - `sidekey_reloads_total{result}` counter, `sidekey_reload_duration_seconds` histogram,
 //!   `sidekey_last_reload_success_timestamp_seconds` gauge
 //! - `sidekey_build_info{version}` gauge
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+
+use crate::providers::Verdict;
 
 /// Upper bounds (seconds) of the latency buckets: LLM calls run from
 /// milliseconds (errors, cached answers) to many minutes (long generations).
@@ -92,6 +96,11 @@ pub(crate) struct RouteMetrics {
     /// Requests by status code, indexed by `status - 100`.
     statuses: Vec<AtomicU64>,
     duration: Histogram<16>,
+    failovers_rejected: AtomicU64,
+    failovers_rate_limited: AtomicU64,
+    /// Whether the route has logged that a body was too large to retry
+    /// (logged once per route, not per request).
+    pub(crate) over_limit_logged: AtomicBool,
 }
 
 impl RouteMetrics {
@@ -100,12 +109,24 @@ impl RouteMetrics {
             route,
             statuses: (100..600).map(|_| AtomicU64::new(0)).collect(),
             duration: Histogram::new(&DURATION_BUCKETS),
+            failovers_rejected: AtomicU64::new(0),
+            failovers_rate_limited: AtomicU64::new(0),
+            over_limit_logged: AtomicBool::new(false),
         }
     }
 
     /// The route's name (`""` for requests that matched no route).
     pub(crate) fn route(&self) -> &str {
         &self.route
+    }
+
+    /// Counts a switch to another key after `verdict`.
+    pub(crate) fn failover(&self, verdict: Verdict) {
+        let counter = match verdict {
+            Verdict::RateLimited(_) => &self.failovers_rate_limited,
+            Verdict::Rejected(_) | Verdict::Accepted => &self.failovers_rejected,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// Records one finished request.
@@ -189,8 +210,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of everything.
-    pub(crate) fn render(&self) -> String {
+    /// The Prometheus text exposition of everything; `rested` is the number
+    /// of keys resting now, per route, from the current snapshot.
+    pub(crate) fn render(&self, rested: &[(&str, usize)]) -> String {
         let mut out = String::with_capacity(4096);
         let routes: Vec<Arc<RouteMetrics>> = {
             let map = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -224,6 +246,32 @@ impl Metrics {
                 &mut out,
                 "sidekey_request_duration_seconds",
                 &format!("route=\"{}\"", m.route),
+            );
+        }
+
+        out.push_str("# HELP sidekey_credential_failovers_total Requests sent again with another key, by route and reason (rejected, rate_limited).\n");
+        out.push_str("# TYPE sidekey_credential_failovers_total counter\n");
+        for m in &routes {
+            for (reason, counter) in [
+                ("rejected", &m.failovers_rejected),
+                ("rate_limited", &m.failovers_rate_limited),
+            ] {
+                let n = counter.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "sidekey_credential_failovers_total{{route=\"{}\",reason=\"{reason}\"}} {n}",
+                        m.route
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP sidekey_credential_keys_rested Keys currently rested after a rejection or a 429, by route.\n");
+        out.push_str("# TYPE sidekey_credential_keys_rested gauge\n");
+        for (route, n) in rested {
+            let _ = writeln!(
+                out,
+                "sidekey_credential_keys_rested{{route=\"{route}\"}} {n}"
             );
         }
 
@@ -275,7 +323,7 @@ mod tests {
         r.observe(StatusCode::OK, Duration::from_millis(3));
         r.observe(StatusCode::OK, Duration::from_secs(2));
         r.observe(StatusCode::BAD_GATEWAY, Duration::from_millis(1));
-        let text = m.render();
+        let text = m.render(&[("openai", 1)]);
         assert!(
             text.contains("sidekey_requests_total{route=\"openai\",status=\"200\"} 2"),
             "{text}"
@@ -292,6 +340,7 @@ mod tests {
             )
         );
         assert!(text.contains("sidekey_request_duration_seconds_count{route=\"openai\"} 3"));
+        assert!(text.contains("sidekey_credential_keys_rested{route=\"openai\"} 1"));
         assert!(
             Arc::ptr_eq(&r, &m.route("openai")),
             "metrics survive reloads"

@@ -155,6 +155,25 @@ impl Default for ReloadSettings {
     }
 }
 
+/// `[keys]`: how rejected and rate-limited keys are rested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeysSettings {
+    /// How long a rejected key is left out before one request probes it.
+    pub(crate) rest: Duration,
+    /// How long a pool key that answered 429 is left out when the answer
+    /// carries no `Retry-After`.
+    pub(crate) rate_limit_rest: Duration,
+}
+
+impl Default for KeysSettings {
+    fn default() -> Self {
+        Self {
+            rest: Duration::from_secs(60),
+            rate_limit_rest: Duration::from_secs(30),
+        }
+    }
+}
+
 /// One Azure deployment: its own endpoint and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeploymentConfig {
@@ -204,6 +223,7 @@ pub(crate) struct Config {
     pub(crate) limits: Limits,
     pub(crate) shutdown: ShutdownSettings,
     pub(crate) reload: ReloadSettings,
+    pub(crate) keys: KeysSettings,
     pub(crate) routes: Vec<RouteConfig>,
 }
 
@@ -503,6 +523,15 @@ impl Cx<'_> {
             )?,
             watch: raw.reload.watch.unwrap_or(dr.watch),
         };
+        let dk = KeysSettings::default();
+        let keys = KeysSettings {
+            rest: self.duration(raw.keys.rest.as_ref(), "keys.rest", dk.rest)?,
+            rate_limit_rest: self.duration(
+                raw.keys.rate_limit_rest.as_ref(),
+                "keys.rate_limit_rest",
+                dk.rate_limit_rest,
+            )?,
+        };
         if let (Some(v), true) = (&raw.reload.interval, reload.interval.is_zero()) {
             return Err(self.at(v, "reload.interval", "must be greater than zero"));
         }
@@ -522,6 +551,7 @@ impl Cx<'_> {
             limits,
             shutdown,
             reload,
+            keys,
             routes,
         })
     }

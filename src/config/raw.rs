@@ -29,6 +29,8 @@ pub(crate) struct ConfigToml {
     #[serde(default)]
     pub(crate) reload: ReloadToml,
     #[serde(default)]
+    pub(crate) keys: KeysToml,
+    #[serde(default)]
     pub(crate) routes: BTreeMap<String, Spanned<RouteToml>>,
     #[serde(default)]
     pub(crate) provider_types: BTreeMap<String, Spanned<ProviderTypeToml>>,
@@ -59,6 +61,14 @@ pub(crate) struct ReloadToml {
     pub(crate) interval: Option<Spanned<String>>,
     pub(crate) debounce: Option<Spanned<String>>,
     pub(crate) watch: Option<bool>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeysToml {
+    pub(crate) rest: Option<Spanned<String>>,
+    pub(crate) rate_limit_rest: Option<Spanned<String>>,
 }
 
 /// `[routes.NAME]`.

@@ -3,15 +3,20 @@
 //! - [`location`]: the `env::`/`path::`/... syntax (design.md, "Credential locations").
 //! - [`secret`]: the [`Secret`] type that redacts and wipes.
 //! - [`resolve`]: reading a location into a secret, with a reason when it fails.
+//! - [`pool`]: resting rejected keys and spreading a pool's load.
 //! - [`KeySpec`] is the configured shape (one key, default + fallback, a pool);
 //!   [`KeySet`] is its resolved form inside a snapshot, with each key's header
-//!   value prepared once so the request path only clones it.
+//!   value prepared once so the request path only clones it, and
+//!   [`KeySet::candidates`] orders the keys a request tries.
 
 pub(crate) mod location;
+pub(crate) mod pool;
 pub(crate) mod resolve;
 pub(crate) mod secret;
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
@@ -19,6 +24,7 @@ pub(crate) use location::{DYNAMIC_HEADER_PREFIX, Location};
 pub use secret::{Fingerprint, Secret};
 
 use crate::env::Env;
+use pool::{Cursor, HealthRegistry, KeyHealth, Standing, now_ms};
 use resolve::Unavailable;
 
 /// How the keys of a credential setting are used.
@@ -82,10 +88,12 @@ pub(crate) enum KeyValue {
     Static {
         header: HeaderValue,
         fingerprint: Fingerprint,
+        /// Shared across reloads while the value stays the same.
+        health: Arc<KeyHealth>,
     },
     /// Taken from the request's `x-sidekey-credential-NAME` header.
     Dynamic(location::DynamicName),
-    /// Send nothing.
+    /// Send no credential.
     None,
     /// Could not be read; the reason names the location, never a value.
     Missing(Unavailable),
@@ -103,9 +111,11 @@ pub(crate) struct Key {
 pub(crate) struct KeySet {
     pub(crate) policy: Policy,
     pub(crate) keys: Box<[Key]>,
+    /// Where a pool starts its next round (shared across reloads).
+    cursor: Arc<Cursor>,
 }
 
-/// The credential chosen for one request.
+/// The credential for one attempt of a request.
 #[derive(Debug)]
 pub(crate) enum Chosen<'a> {
     /// A prepared value from the snapshot.
@@ -130,6 +140,17 @@ impl Chosen<'_> {
     }
 }
 
+/// One credential to try, in the order a request tries them.
+#[derive(Debug)]
+pub(crate) struct Candidate<'a> {
+    pub(crate) chosen: Chosen<'a>,
+    /// The key's health: `None` for dynamic values and `none`, which are
+    /// never rested.
+    pub(crate) health: Option<&'a KeyHealth>,
+    /// The key's location, for logs.
+    pub(crate) location: &'a Location,
+}
+
 /// No key of a set can serve this request. Names locations and reasons only.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", describe_missing(.0))]
@@ -139,23 +160,39 @@ fn describe_missing(reasons: &[String]) -> String {
     reasons.join("; ")
 }
 
+/// Where the health of a set's keys is kept: the registry and the key set's
+/// identity in it.
+#[derive(Debug)]
+pub(crate) struct HealthScope<'a> {
+    pub(crate) registry: &'a HealthRegistry,
+    pub(crate) route: &'a str,
+    /// `key`, `deployments.NAME.key`, `headers.NAME`.
+    pub(crate) label: &'a str,
+}
+
 impl KeySet {
     /// Reads every location of `spec` and prepares its header value as
     /// `prefix` + secret (`"Bearer "` or nothing). Missing keys are kept as
     /// [`KeyValue::Missing`]: a route with a missing key still serves (503
     /// naming the location) and recovers on reload.
-    pub(crate) fn resolve(spec: &KeySpec, prefix: &str, env: &dyn Env) -> Self {
+    pub(crate) fn resolve(
+        spec: &KeySpec,
+        prefix: &str,
+        env: &dyn Env,
+        scope: &HealthScope<'_>,
+    ) -> Self {
         let keys = spec
             .locations
             .iter()
             .map(|location| Key {
                 location: location.clone(),
-                value: resolve_one(location, prefix, env),
+                value: resolve_one(location, prefix, env, scope),
             })
             .collect();
         Self {
             policy: spec.policy,
             keys,
+            cursor: scope.registry.cursor(scope.route, scope.label),
         }
     }
 
@@ -174,63 +211,130 @@ impl KeySet {
             .all(|k| matches!(k.value, KeyValue::Missing(_)))
     }
 
-    /// Picks the credential for one request: the first key that is available,
-    /// in order. A `dynamic::` key is available when the request carries its
-    /// header; the header is taken out of `headers` so it is never forwarded.
+    /// How many keys are resting now.
+    pub(crate) fn rested(&self, now: u64) -> usize {
+        self.keys
+            .iter()
+            .filter(
+                |k| matches!(&k.value, KeyValue::Static { health, .. } if health.is_rested(now)),
+            )
+            .count()
+    }
+
+    /// The credentials to try for one request, best first: keys that are
+    /// not resting (in order for `{ default, fallback }`, from the next
+    /// round-robin position for a pool), a key whose rest just ended and
+    /// that this request probes (first), then resting keys as a last resort
+    /// (soonest rest end first) rather than no answer. A `dynamic::` key
+    /// counts when the request carries its header; the header is taken out
+    /// of `headers` so it is never forwarded.
     ///
     /// # Errors
     ///
-    /// [`NoCredential`] naming every location tried and why it failed.
-    pub(crate) fn choose(&self, headers: &mut HeaderMap) -> Result<Chosen<'_>, NoCredential> {
-        for key in &self.keys {
+    /// [`NoCredential`] naming every location and why it cannot serve.
+    pub(crate) fn candidates(
+        &self,
+        headers: &mut HeaderMap,
+        probe_window: Duration,
+    ) -> Result<Vec<Candidate<'_>>, NoCredential> {
+        let n = self.keys.len();
+        let start = if self.policy == Policy::Pool {
+            self.cursor.next(n)
+        } else {
+            0
+        };
+        let now = now_ms();
+        let mut usable = Vec::with_capacity(n);
+        let mut resting = Vec::new();
+        let mut probes = 0;
+        for key in self.keys.iter().cycle().skip(start).take(n) {
+            let location = &key.location;
             match &key.value {
                 KeyValue::Static {
                     header,
                     fingerprint,
+                    health,
                 } => {
-                    return Ok(Chosen::Static {
-                        header,
-                        fingerprint: *fingerprint,
-                    });
+                    let candidate = Candidate {
+                        chosen: Chosen::Static {
+                            header,
+                            fingerprint: *fingerprint,
+                        },
+                        health: Some(health),
+                        location,
+                    };
+                    // A single key is never rested out of use: there is no other.
+                    let standing = if n == 1 {
+                        Standing::Healthy
+                    } else {
+                        health.standing(now, probe_window)
+                    };
+                    match standing {
+                        Standing::Healthy => usable.push(candidate),
+                        Standing::Probe => {
+                            usable.insert(probes, candidate);
+                            probes += 1;
+                        }
+                        Standing::Rested(until) => resting.push((until, candidate)),
+                    }
                 }
                 KeyValue::Dynamic(name) => {
                     if let Some(mut v) = headers.remove(name.header()) {
                         v.set_sensitive(true);
-                        return Ok(Chosen::Dynamic(v));
+                        usable.push(Candidate {
+                            chosen: Chosen::Dynamic(v),
+                            health: None,
+                            location,
+                        });
                     }
                 }
-                KeyValue::None => return Ok(Chosen::Nothing),
+                KeyValue::None => usable.push(Candidate {
+                    chosen: Chosen::Nothing,
+                    health: None,
+                    location,
+                }),
                 KeyValue::Missing(_) => {}
             }
         }
-        Err(NoCredential(
-            self.keys
-                .iter()
-                .map(|k| match &k.value {
-                    KeyValue::Missing(why) => why.to_string(),
-                    KeyValue::Dynamic(name) => {
-                        format!("{}: request has no {} header", k.location, name.header())
-                    }
-                    _ => k.location.to_string(),
-                })
-                .collect(),
-        ))
+        resting.sort_by_key(|(until, _)| *until);
+        usable.extend(resting.into_iter().map(|(_, c)| c));
+        if usable.is_empty() {
+            return Err(NoCredential(
+                self.keys
+                    .iter()
+                    .map(|k| match &k.value {
+                        KeyValue::Missing(why) => why.to_string(),
+                        KeyValue::Dynamic(name) => {
+                            format!("{}: request has no {} header", k.location, name.header())
+                        }
+                        _ => k.location.to_string(),
+                    })
+                    .collect(),
+            ));
+        }
+        Ok(usable)
     }
 }
 
-fn resolve_one(location: &Location, prefix: &str, env: &dyn Env) -> KeyValue {
+fn resolve_one(
+    location: &Location,
+    prefix: &str,
+    env: &dyn Env,
+    scope: &HealthScope<'_>,
+) -> KeyValue {
     match location {
         Location::None => KeyValue::None,
         Location::Dynamic(name) => KeyValue::Dynamic(name.clone()),
         _ => match resolve::read(location, env).and_then(|secret| {
             secret
                 .header_value(prefix)
-                .map(|header| (header, secret.fingerprint()))
+                .map(|header| (header, secret.fingerprint(), secret.digest()))
                 .map_err(|e| Unavailable::invalid(location, e))
         }) {
-            Ok((header, fingerprint)) => KeyValue::Static {
+            Ok((header, fingerprint, digest)) => KeyValue::Static {
                 header,
                 fingerprint,
+                health: scope.registry.get(scope.route, scope.label, digest),
             },
             Err(why) => KeyValue::Missing(why),
         },
@@ -249,48 +353,128 @@ mod tests {
         }
     }
 
+    fn resolve(spec: &KeySpec, env: &dyn Env, registry: &HealthRegistry) -> KeySet {
+        let scope = HealthScope {
+            registry,
+            route: "r",
+            label: "key",
+        };
+        KeySet::resolve(spec, "Bearer ", env, &scope)
+    }
+
+    fn header_of(c: &Candidate<'_>) -> String {
+        match &c.chosen {
+            Chosen::Static { header, .. } => header.to_str().unwrap().to_owned(),
+            Chosen::Dynamic(v) => v.to_str().unwrap().to_owned(),
+            Chosen::Nothing => "-".to_owned(),
+        }
+    }
+
+    const WINDOW: Duration = Duration::from_secs(60);
+
     #[test]
     fn fallback_is_used_when_default_is_missing() {
         let env = MapEnv::new([("B", "key-b")]);
-        let set = KeySet::resolve(
-            &spec(Policy::Fallback, &["env::A", "env::B"]),
-            "Bearer ",
-            &env,
+        let reg = HealthRegistry::default();
+        let set = resolve(&spec(Policy::Fallback, &["env::A", "env::B"]), &env, &reg);
+        let c = set.candidates(&mut HeaderMap::new(), WINDOW).unwrap();
+        assert_eq!(
+            c.iter().map(header_of).collect::<Vec<_>>(),
+            ["Bearer key-b"]
         );
-        let mut headers = HeaderMap::new();
-        let Chosen::Static { header, .. } = set.choose(&mut headers).unwrap() else {
-            panic!("expected a static key");
+    }
+
+    #[test]
+    fn a_rested_default_goes_last_and_is_probed_once_its_rest_ends() {
+        let env = MapEnv::new([("A", "key-a"), ("B", "key-b")]);
+        let reg = HealthRegistry::default();
+        let set = resolve(&spec(Policy::Fallback, &["env::A", "env::B"]), &env, &reg);
+        let order = |set: &KeySet| {
+            set.candidates(&mut HeaderMap::new(), WINDOW)
+                .unwrap()
+                .iter()
+                .map(header_of)
+                .collect::<Vec<_>>()
         };
-        assert_eq!(header.as_bytes(), b"Bearer key-b");
+        assert_eq!(order(&set), ["Bearer key-a", "Bearer key-b"]);
+        let first = set.candidates(&mut HeaderMap::new(), WINDOW).unwrap();
+        first[0].health.unwrap().rest(Duration::from_secs(3600));
+        assert_eq!(order(&set), ["Bearer key-b", "Bearer key-a"]);
+        // A rest of zero ends at once (its end is "now", not later).
+        first[0].health.unwrap().rest(Duration::ZERO);
+        assert_eq!(
+            order(&set),
+            ["Bearer key-a", "Bearer key-b"],
+            "the probe goes first"
+        );
+        assert_eq!(
+            order(&set),
+            ["Bearer key-b", "Bearer key-a"],
+            "only one request probes"
+        );
+    }
+
+    #[test]
+    fn a_pool_rotates_and_skips_rested_keys() {
+        let env = MapEnv::new([("A", "a"), ("B", "b"), ("C", "c")]);
+        let reg = HealthRegistry::default();
+        let set = resolve(
+            &spec(Policy::Pool, &["env::A", "env::B", "env::C"]),
+            &env,
+            &reg,
+        );
+        let firsts: Vec<_> = (0..3)
+            .map(|_| header_of(&set.candidates(&mut HeaderMap::new(), WINDOW).unwrap()[0]))
+            .collect();
+        assert_eq!(firsts, ["Bearer a", "Bearer b", "Bearer c"]);
+        set.candidates(&mut HeaderMap::new(), WINDOW).unwrap()[1]
+            .health
+            .unwrap()
+            .rest(Duration::from_secs(3600));
+        for _ in 0..6 {
+            let c = set.candidates(&mut HeaderMap::new(), WINDOW).unwrap();
+            assert_ne!(header_of(&c[0]), "Bearer b");
+            assert_eq!(
+                header_of(&c[2]),
+                "Bearer b",
+                "the rested key is the last resort"
+            );
+        }
+        assert_eq!(set.rested(now_ms()), 1);
     }
 
     #[test]
     fn dynamic_key_is_taken_from_the_request_and_removed() {
-        let set = KeySet::resolve(
+        let reg = HealthRegistry::default();
+        let set = resolve(
             &spec(Policy::Fallback, &["dynamic::tenant", "env::B"]),
-            "Bearer ",
-            &MapEnv::default(),
+            &MapEnv::new([("B", "b")]),
+            &reg,
         );
         let mut headers = HeaderMap::new();
         headers.insert(
             "x-sidekey-credential-tenant",
             HeaderValue::from_static("dyn"),
         );
-        let Chosen::Dynamic(v) = set.choose(&mut headers).unwrap() else {
-            panic!("expected the dynamic key");
-        };
-        assert_eq!(v, "dyn");
+        let c = set.candidates(&mut headers, WINDOW).unwrap();
+        assert_eq!(
+            c.iter().map(header_of).collect::<Vec<_>>(),
+            ["dyn", "Bearer b"]
+        );
         assert!(headers.is_empty());
+        let c = set.candidates(&mut HeaderMap::new(), WINDOW).unwrap();
+        assert_eq!(c.iter().map(header_of).collect::<Vec<_>>(), ["Bearer b"]);
     }
 
     #[test]
     fn nothing_available_names_locations_not_values() {
-        let set = KeySet::resolve(
+        let reg = HealthRegistry::default();
+        let set = resolve(
             &spec(Policy::Single, &["env::NOPE"]),
-            "Bearer ",
             &MapEnv::default(),
+            &reg,
         );
-        let err = set.choose(&mut HeaderMap::new()).unwrap_err();
+        let err = set.candidates(&mut HeaderMap::new(), WINDOW).unwrap_err();
         assert!(err.to_string().contains("env::NOPE"), "{err}");
     }
 }

@@ -21,13 +21,19 @@ impl Fingerprint {
     /// The fingerprint of `bytes`.
     #[must_use]
     pub fn of(bytes: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-        let mut out = [0u8; 4];
-        for (o, d) in out.iter_mut().zip(digest.as_ref()) {
-            *o = *d;
-        }
-        Self(out)
+        Self::from_digest(&sha256(bytes))
     }
+
+    fn from_digest(digest: &[u8; 32]) -> Self {
+        let [a, b, c, d, ..] = *digest;
+        Self([a, b, c, d])
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 impl fmt::Display for Fingerprint {
@@ -80,7 +86,9 @@ pub enum InvalidSecret {
 #[derive(Clone)]
 pub struct Secret {
     bytes: Bytes,
-    fingerprint: Fingerprint,
+    /// SHA-256 of the value: tells keys apart (health, reload) without
+    /// keeping a second copy of the value.
+    digest: [u8; 32],
 }
 
 impl Secret {
@@ -109,7 +117,7 @@ impl Secret {
             trimmed.to_vec()
         };
         Ok(Self {
-            fingerprint: Fingerprint::of(&kept),
+            digest: sha256(&kept),
             bytes: wiped(kept),
         })
     }
@@ -117,7 +125,12 @@ impl Secret {
     /// The fingerprint, safe to log.
     #[must_use]
     pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
+        Fingerprint::from_digest(&self.digest)
+    }
+
+    /// The full SHA-256 of the value.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 
     /// The raw bytes. Callers must not log or format them.
@@ -168,7 +181,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({})", self.fingerprint)
+        write!(f, "Secret({})", self.fingerprint())
     }
 }
 

@@ -15,8 +15,9 @@ pub(crate) mod azure;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// A provider type, the `type` of a route.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -295,6 +296,19 @@ impl ProviderType {
     }
 }
 
+/// `Retry-After` in seconds (the form providers send); an HTTP date or a
+/// missing header gives `None` (the configured default applies).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
 /// The list of valid type names, for error messages.
 pub(crate) fn type_names() -> String {
     SPECS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
@@ -318,7 +332,87 @@ impl fmt::Display for ProviderType {
     }
 }
 
+/// What a provider's answer says about the credential that was sent.
+#[must_use]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Verdict {
+    /// Not a statement about the key (a success, or any other error).
+    Accepted,
+    /// The key was rejected: try the next one and rest this one.
+    Rejected(&'static str),
+    /// 429: in a pool, rest this key for the given time and try another.
+    RateLimited(Option<Duration>),
+}
+
+impl Verdict {
+    /// The reason label for metrics and logs.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected(_) => "rejected",
+            Self::RateLimited(_) => "rate_limited",
+        }
+    }
+}
+
+/// Longest `Retry-After` honoured; longer ones are capped.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 impl Rejects {
+    /// Whether the body of an answer with `status` must be read to classify
+    /// it (the provider says "bad key" in the body, not in the status).
+    pub(crate) fn needs_body(self, status: StatusCode) -> bool {
+        match self {
+            Self::Gemini => status == StatusCode::BAD_REQUEST || status == StatusCode::FORBIDDEN,
+            Self::Aws => status == StatusCode::FORBIDDEN || status == StatusCode::BAD_REQUEST,
+            Self::Status401 | Self::Vertex => false,
+        }
+    }
+
+    /// Classifies an answer (design.md: "How each provider says this key is
+    /// bad"). `body` is the start of the body when [`Self::needs_body`].
+    pub(crate) fn classify(
+        self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Verdict {
+        if status == StatusCode::UNAUTHORIZED {
+            return Verdict::Rejected("401");
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Verdict::RateLimited(retry_after(headers));
+        }
+        let body = match body {
+            Some(b) if self.needs_body(status) => b,
+            _ => return Verdict::Accepted,
+        };
+        let has = |needle: &str| body.windows(needle.len()).any(|w| w == needle.as_bytes());
+        match self {
+            Self::Gemini if has("API_KEY_INVALID") => Verdict::Rejected("API_KEY_INVALID"),
+            Self::Gemini
+                if status == StatusCode::FORBIDDEN
+                    && has("PERMISSION_DENIED")
+                    && (has("API key") || has("api key")) =>
+            {
+                Verdict::Rejected("PERMISSION_DENIED")
+            }
+            Self::Aws if has("UnrecognizedClientException") => {
+                Verdict::Rejected("UnrecognizedClientException")
+            }
+            Self::Aws if has("InvalidSignatureException") => {
+                Verdict::Rejected("InvalidSignatureException")
+            }
+            Self::Aws
+                if has("ExpiredToken")
+                    || has("security token included in the request is expired") =>
+            {
+                Verdict::Rejected("ExpiredToken")
+            }
+            _ => Verdict::Accepted,
+        }
+    }
+
     /// What answer counts as "this credential was rejected".
     pub(crate) fn describe(self) -> &'static str {
         match self {
@@ -380,6 +474,87 @@ mod tests {
                 .parse::<crate::credentials::Location>()
                 .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
         }
+    }
+
+    #[test]
+    fn classification_follows_the_design_table() {
+        use StatusCode as S;
+        let h = HeaderMap::new();
+        let bad_gemini_key = br#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
+        let gemini_denied = br#"{"error":{"code":403,"message":"Method doesn't allow unregistered callers. Please use API key.","status":"PERMISSION_DENIED"}}"#;
+        let other_denied = br#"{"error":{"code":403,"message":"The model is not available in your region","status":"PERMISSION_DENIED"}}"#;
+        let cases: [(Rejects, S, &[u8], Verdict); 9] = [
+            (
+                Rejects::Status401,
+                S::UNAUTHORIZED,
+                b"",
+                Verdict::Rejected("401"),
+            ),
+            (Rejects::Status401, S::FORBIDDEN, b"", Verdict::Accepted),
+            (
+                Rejects::Status401,
+                S::INTERNAL_SERVER_ERROR,
+                b"",
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Gemini,
+                S::BAD_REQUEST,
+                bad_gemini_key,
+                Verdict::Rejected("API_KEY_INVALID"),
+            ),
+            (
+                Rejects::Gemini,
+                S::FORBIDDEN,
+                gemini_denied,
+                Verdict::Rejected("PERMISSION_DENIED"),
+            ),
+            (
+                Rejects::Gemini,
+                S::FORBIDDEN,
+                other_denied,
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Gemini,
+                S::BAD_REQUEST,
+                br#"{"error":{"message":"bad json"}}"#,
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Aws,
+                S::FORBIDDEN,
+                br#"{"__type":"UnrecognizedClientException"}"#,
+                Verdict::Rejected("UnrecognizedClientException"),
+            ),
+            (
+                Rejects::Aws,
+                S::FORBIDDEN,
+                br#"{"message":"AccessDenied"}"#,
+                Verdict::Accepted,
+            ),
+        ];
+        for (rejects, status, body, want) in cases {
+            assert_eq!(
+                rejects.classify(status, &h, Some(body)),
+                want,
+                "{rejects:?} {status}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(
+            Rejects::Status401.classify(S::TOO_MANY_REQUESTS, &h, None),
+            Verdict::RateLimited(Some(Duration::from_secs(7)))
+        );
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(
+            Rejects::Status401.classify(S::TOO_MANY_REQUESTS, &h, None),
+            Verdict::RateLimited(None)
+        );
     }
 
     #[test]

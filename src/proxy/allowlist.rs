@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
@@ -36,17 +36,23 @@ pub(crate) async fn check(
     limit: u64,
 ) -> Result<UpstreamBody, ProxyError> {
     if route.models.is_none() {
-        return Ok(Either::Left(body));
+        return Ok(UpstreamBody::stream(body));
     }
     let (model, body) = match route.spec.model_in {
         ModelIn::JsonBody => {
             let bytes = read_body(route, headers, body, limit).await?;
             let model = model_from_json(&bytes).map(Cow::into_owned);
-            (model, Either::Right(Full::new(bytes)))
+            (model, UpstreamBody::buffered(bytes))
         }
-        ModelIn::PathModelsSegment => (models_segment(rest).map(str::to_owned), Either::Left(body)),
-        ModelIn::PathModelSegment => (model_segment(rest).map(str::to_owned), Either::Left(body)),
-        ModelIn::AzureDeployment => (deployment.map(str::to_owned), Either::Left(body)),
+        ModelIn::PathModelsSegment => (
+            models_segment(rest).map(str::to_owned),
+            UpstreamBody::stream(body),
+        ),
+        ModelIn::PathModelSegment => (
+            model_segment(rest).map(str::to_owned),
+            UpstreamBody::stream(body),
+        ),
+        ModelIn::AzureDeployment => (deployment.map(str::to_owned), UpstreamBody::stream(body)),
     };
     match model {
         Some(model) if route.allows(&model) => Ok(body),

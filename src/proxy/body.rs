@@ -6,6 +6,7 @@
 //! lets [`Done`] record the metrics and write the one access-log line, so
 //! durations and outcomes cover the whole stream, not just its head.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -122,6 +123,9 @@ pin_project_lite::pin_project! {
     pub(crate) struct ResponseBody {
         #[pin]
         inner: Inner,
+        // Frames already read from the upstream body (to classify an error
+        // answer), sent first. Empty, and never allocated, otherwise.
+        prefix: VecDeque<Frame<Bytes>>,
         done: Option<Done>,
     }
 }
@@ -143,9 +147,14 @@ pin_project_lite::pin_project! {
 }
 
 impl ResponseBody {
-    /// Streams `body`, cutting it after `timeout` of silence.
-    pub(crate) fn upstream(body: Incoming, timeout: Duration, mut done: Done) -> Self {
-        if body.is_end_stream() {
+    /// Streams `prefix` then `body`, cutting it after `timeout` of silence.
+    pub(crate) fn upstream(
+        prefix: VecDeque<Frame<Bytes>>,
+        body: Incoming,
+        timeout: Duration,
+        mut done: Done,
+    ) -> Self {
+        if prefix.is_empty() && body.is_end_stream() {
             // hyper will not poll an empty body: the response is complete now.
             done.outcome = Outcome::Complete;
         }
@@ -155,6 +164,7 @@ impl ResponseBody {
                 idle: tokio::time::sleep(timeout),
                 timeout,
             },
+            prefix,
             done: Some(done),
         }
     }
@@ -166,7 +176,17 @@ impl ResponseBody {
             inner: Inner::Local {
                 body: Full::new(bytes),
             },
+            prefix: VecDeque::new(),
             done: Some(done),
+        }
+    }
+}
+
+impl Inner {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Local { body } => body.is_end_stream(),
         }
     }
 }
@@ -180,6 +200,15 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
+        if let Some(frame) = this.prefix.pop_front() {
+            if this.prefix.is_empty() && this.inner.as_ref().get_ref().is_end_stream() {
+                // hyper will not poll again: this was the last frame.
+                if let Some(mut done) = this.done.take() {
+                    done.outcome = Outcome::Complete;
+                }
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
         let (frame, outcome) = match this.inner.project() {
             InnerProj::Upstream {
                 mut body,
@@ -222,16 +251,63 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Upstream { body, .. } => body.is_end_stream(),
-            Inner::Local { body } => body.is_end_stream(),
-        }
+        self.prefix.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
+        let mut hint = match &self.inner {
             Inner::Upstream { body, .. } => body.size_hint(),
             Inner::Local { body } => body.size_hint(),
+        };
+        let kept: u64 = self
+            .prefix
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        if kept > 0 {
+            // Upper first: set_lower panics above the current upper bound.
+            let (lower, upper) = (hint.lower() + kept, hint.upper().map(|u| u + kept));
+            hint = SizeHint::new();
+            if let Some(upper) = upper {
+                hint.set_upper(upper);
+            }
+            hint.set_lower(lower);
         }
+        hint
     }
+}
+
+/// Reads the start of an upstream body (at most about `limit` bytes) so an
+/// error answer can be classified; the frames are sent to the client first
+/// if the answer is passed on.
+///
+/// # Errors
+///
+/// When the upstream body fails while being read.
+pub(crate) async fn peek(
+    body: &mut Incoming,
+    limit: usize,
+) -> Result<VecDeque<Frame<Bytes>>, hyper::Error> {
+    use http_body_util::BodyExt as _;
+    let mut frames = VecDeque::new();
+    let mut len = 0;
+    while len < limit {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = frame?;
+        len += frame.data_ref().map_or(0, Bytes::len);
+        frames.push_back(frame);
+    }
+    Ok(frames)
+}
+
+/// The data of `frames`, joined (for classification).
+pub(crate) fn joined(frames: &VecDeque<Frame<Bytes>>) -> Vec<u8> {
+    frames
+        .iter()
+        .filter_map(|f| f.data_ref())
+        .flat_map(|d| d.iter().copied())
+        .collect()
 }

@@ -14,12 +14,15 @@
 
 pub(crate) mod allowlist;
 pub(crate) mod body;
+pub(crate) mod fallback;
 pub(crate) mod forward;
 pub(crate) mod inbound;
+pub(crate) mod replay;
 pub(crate) mod strip;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response, Uri, Version, request};
 use hyper::body::Incoming;
@@ -28,7 +31,7 @@ use tokio::time::Instant;
 use crate::admin::metrics::RouteMetrics;
 use crate::credentials::{Chosen, Fingerprint};
 use crate::error::ProxyError;
-use crate::providers::{self, azure};
+use crate::providers::azure;
 use crate::reload::{Shared, Snapshot};
 use crate::routes::{self, Route, Target, Targets};
 use body::{Done, Outcome, ResponseBody};
@@ -70,11 +73,12 @@ pub(crate) async fn handle(
         outcome: Outcome::ClientClosed,
     };
     Ok(match result {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
+        Ok(answer) => {
+            let (mut parts, body) = answer.response.into_parts();
             strip::hop_by_hop(&mut parts.headers);
             parts.version = Version::HTTP_11;
             let body = ResponseBody::upstream(
+                answer.prefix,
                 body,
                 snap.config.limits.request_timeout,
                 done(parts.status, None),
@@ -96,7 +100,7 @@ async fn handle_inner(
     mut parts: request::Parts,
     body: Incoming,
     cx: &mut RequestCtx,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<fallback::Answer, ProxyError> {
     inbound::check(&parts)?;
     inbound::authorize(snap, &parts.headers)?;
 
@@ -106,11 +110,11 @@ async fn handle_inner(
     cx.metrics = Some(route.metrics.clone());
     let (target, deployment) = target(route, rest)?;
 
-    // 2. Choose the credential (a dynamic one is taken out of the request),
-    //    then remove every client credential and hop-by-hop header.
-    let chosen = target
+    // 2. Choose the credentials to try (a dynamic one is taken out of the
+    //    request), then remove every client credential and hop-by-hop header.
+    let candidates = target
         .keys
-        .choose(&mut parts.headers)
+        .candidates(&mut parts.headers, snap.config.keys.rest)
         .map_err(|source| credential_error(route, "", source))?;
     let extra = extra_headers(route, &mut parts.headers)?;
     strip::request(&mut parts.headers);
@@ -119,31 +123,30 @@ async fn handle_inner(
     let limit = snap.config.limits.max_replay_body;
     let body = allowlist::check(route, rest, deployment, &parts.headers, body, limit).await?;
 
-    // 4. Add the credential in the provider's form and forward.
-    cx.fingerprint = chosen.fingerprint();
-    providers::api_key::inject(route.spec, &mut parts.headers, chosen);
+    // 4. Add the credential in the provider's form and forward, trying the
+    //    next credential if the provider rejects one (step 5).
     for (name, value) in extra {
         parts.headers.insert(name, value);
     }
     let query = uri.query().map(routes::strip_key_param);
-    parts.uri = target.upstream.uri(rest, query.as_deref()).map_err(|e| {
+    let upstream_uri = target.upstream.uri(rest, query.as_deref()).map_err(|e| {
         ProxyError::Internal(format!(
             "route {}: cannot build upstream URI: {e}",
             route.name
         ))
     })?;
-    // The client picks h2 or HTTP/1.1 per connection (ALPN); an inbound h2c
-    // version would be refused on an HTTP/1.1 connection.
-    parts.version = Version::HTTP_11;
-    parts.extensions.clear();
-    cx.attempts = 1;
-    forward::send(
-        route,
-        &target.upstream,
-        Request::from_parts(parts, body),
-        snap.config.limits.request_timeout,
-    )
-    .await
+    let prepared = fallback::Prepared {
+        method: parts.method,
+        uri: upstream_uri,
+        headers: parts.headers,
+        body,
+    };
+    let answer = fallback::send(route, target, &snap.config, candidates, prepared).await;
+    if let Ok(a) = &answer {
+        cx.attempts = a.attempts;
+        cx.fingerprint = a.fingerprint;
+    }
+    answer
 }
 
 fn select<'s>(snap: &'s Snapshot, name: &str) -> Result<&'s Route, ProxyError> {
@@ -190,13 +193,16 @@ fn extra_headers(
 ) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
     let mut out = Vec::with_capacity(route.headers.len());
     for (name, keys) in route.headers.iter() {
-        let value = match keys
-            .choose(headers)
+        // An extra header has one location: its first candidate is the value.
+        let first = keys
+            .candidates(headers, Duration::ZERO)
             .map_err(|e| credential_error(route, name.as_str(), e))?
-        {
-            Chosen::Static { header, .. } => header.clone(),
-            Chosen::Dynamic(v) => v,
-            Chosen::Nothing => continue,
+            .into_iter()
+            .next();
+        let value = match first.map(|c| c.chosen) {
+            Some(Chosen::Static { header, .. }) => header.clone(),
+            Some(Chosen::Dynamic(v)) => v,
+            Some(Chosen::Nothing) | None => continue,
         };
         out.push((name.clone(), value));
     }

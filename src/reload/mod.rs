@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::admin::metrics::{Metrics, ReloadResult};
 use crate::config::{Config, ConfigSource, Overrides};
+use crate::credentials::pool::HealthRegistry;
 use crate::env::Env;
 use crate::upstream::Clients;
 pub(crate) use snapshot::Snapshot;
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Upstream clients, kept across reloads so warm connections survive.
     pub(crate) clients: Clients,
+    /// Health of keys, kept across reloads so a rested key stays rested.
+    pub(crate) health: HealthRegistry,
     pub(crate) env: Arc<dyn Env>,
     pub(crate) source: ConfigSource,
     pub(crate) overrides: Overrides,
@@ -56,6 +59,7 @@ impl Shared {
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
         clients: Clients,
+        health: HealthRegistry,
         env: Arc<dyn Env>,
         source: ConfigSource,
         overrides: Overrides,
@@ -64,6 +68,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             clients,
+            health,
             env,
             source,
             overrides,
@@ -75,6 +80,16 @@ impl Shared {
     /// The current snapshot. Call once per request and keep it.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The long-lived state a snapshot is built with.
+    pub(crate) fn deps(&self) -> snapshot::Deps<'_> {
+        snapshot::Deps {
+            env: self.env.as_ref(),
+            metrics: &self.metrics,
+            clients: &self.clients,
+            health: &self.health,
+        }
     }
 
     /// Marks the process as shutting down.
@@ -100,7 +115,7 @@ impl Shared {
         let next = Config::load(&self.source, self.env.as_ref(), &self.overrides)
             .map_err(|e| e.to_string())
             .and_then(|config| {
-                Snapshot::build(config, self.env.as_ref(), &self.metrics, &self.clients)
+                Snapshot::build(config, self.deps())
                     .map_err(|e| format!("{}: {e}", self.source.display_name()))
             })
             .and_then(|next| match next.new_problems(&current) {
@@ -147,6 +162,7 @@ impl Shared {
         let in_use = next.clients();
         self.snapshot.store(Arc::new(next));
         self.clients.retain(&in_use);
+        self.health.prune();
         self.metrics.reload(ReloadResult::Ok, started.elapsed());
         tracing::info!(trigger, changes = %changes.join("; "), "reloaded");
         Outcome::Swapped

@@ -14,13 +14,25 @@ use std::sync::Arc;
 
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, ConfigSource, RouteConfig};
+use crate::credentials::pool::HealthRegistry;
 use crate::credentials::resolve::{self, Unavailable};
-use crate::credentials::{KeySet, KeyValue, Location, Secret};
+use crate::credentials::{HealthScope, KeySet, KeySpec, KeyValue, Location, Secret};
 use crate::env::Env;
 use crate::providers::Family;
 use crate::routes::{Route, RouteTable, Target, Targets};
 use crate::upstream::tls::TlsError;
 use crate::upstream::{Client, Clients};
+
+/// What building a snapshot uses besides the config: long-lived state that
+/// outlives snapshots, so a reload keeps warm connections, counters, and
+/// the rest of rejected keys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deps<'a> {
+    pub(crate) env: &'a dyn Env,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) clients: &'a Clients,
+    pub(crate) health: &'a HealthRegistry,
+}
 
 /// A snapshot could not be built (a CA file is bad). Credential problems are
 /// not errors: they are [`Problem`]s, and the route answers 503.
@@ -86,39 +98,28 @@ impl Snapshot {
     /// # Errors
     ///
     /// [`BuildError`] when a route's TLS settings cannot be loaded.
-    pub(crate) fn build(
-        config: Config,
-        env: &dyn Env,
-        metrics: &Metrics,
-        clients: &Clients,
-    ) -> Result<Self, BuildError> {
+    pub(crate) fn build(config: Config, deps: Deps<'_>) -> Result<Self, BuildError> {
         let mut problems = Vec::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
-            routes.push(build_route(
-                rc,
-                &config,
-                env,
-                metrics,
-                clients,
-                &mut problems,
-            )?);
+            routes.push(build_route(rc, &config, deps, &mut problems)?);
         }
-        let inbound_token = config
-            .inbound_token
-            .as_ref()
-            .map(|loc| match read_token(loc, env) {
-                Ok(s) => InboundToken::Ready(s),
-                Err(why) => {
-                    problems.push(Problem {
-                        key: "inbound_token".to_owned(),
-                        fatal: true,
-                        required: true,
-                        reasons: vec![why.clone()],
-                    });
-                    InboundToken::Missing(why)
-                }
-            });
+        let inbound_token =
+            config
+                .inbound_token
+                .as_ref()
+                .map(|loc| match read_token(loc, deps.env) {
+                    Ok(s) => InboundToken::Ready(s),
+                    Err(why) => {
+                        problems.push(Problem {
+                            key: "inbound_token".to_owned(),
+                            fatal: true,
+                            required: true,
+                            reasons: vec![why.clone()],
+                        });
+                        InboundToken::Missing(why)
+                    }
+                });
         let mut snap = Self {
             routes: RouteTable::new(routes),
             inbound_token,
@@ -173,6 +174,21 @@ impl Snapshot {
             .map(ToString::to_string)
             .collect();
         (!new.is_empty()).then(|| format!("credential unavailable: {}", new.join("; ")))
+    }
+
+    /// How many keys rest now, per route.
+    pub(crate) fn rested_keys(&self) -> Vec<(Arc<str>, usize)> {
+        let now = crate::credentials::pool::now_ms();
+        self.routes
+            .iter_sorted()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.key_sets().iter().map(|(_, k)| k.rested(now)).sum(),
+                )
+            })
+            .collect()
     }
 
     /// The upstream clients this snapshot uses.
@@ -231,24 +247,30 @@ fn read_token(loc: &Location, env: &dyn Env) -> Result<Secret, Unavailable> {
 fn build_route(
     rc: &RouteConfig,
     config: &Config,
-    env: &dyn Env,
-    metrics: &Metrics,
-    clients: &Clients,
+    deps: Deps<'_>,
     problems: &mut Vec<Problem>,
 ) -> Result<Route, BuildError> {
     let cas: Vec<_> = config.ca_file.iter().chain(rc.ca_file.iter()).collect();
-    let client = clients
+    let client = deps
+        .clients
         .get(&cas, config.limits.connect_timeout)
         .map_err(|source| BuildError::Tls {
             route: rc.name.clone(),
             source,
         })?;
     let prefix = rc.spec.auth.prefix();
-    let mut check = |key: String, set: KeySet| {
+    // Reads one credential setting and records what could not be read.
+    let mut resolve = |label: String, spec: &KeySpec, prefix: &str| {
+        let scope = HealthScope {
+            registry: deps.health,
+            route: &rc.name,
+            label: &label,
+        };
+        let set = KeySet::resolve(spec, prefix, deps.env, &scope);
         let reasons: Vec<_> = set.missing().cloned().collect();
         if !reasons.is_empty() {
             problems.push(Problem {
-                key: format!("routes.{}.{key}", rc.name),
+                key: format!("routes.{}.{label}", rc.name),
                 fatal: set.all_missing(),
                 required: rc.required,
                 reasons,
@@ -260,7 +282,7 @@ fn build_route(
         Family::ApiKey => match &rc.upstream {
             Some(upstream) => Targets::One(Target {
                 upstream: upstream.clone(),
-                keys: check("key".to_owned(), KeySet::resolve(&rc.key, prefix, env)),
+                keys: resolve("key".to_owned(), &rc.key, prefix),
             }),
             // Config validation requires an upstream for this family.
             None => Targets::Unsupported("no upstream configured"),
@@ -268,10 +290,7 @@ fn build_route(
         Family::Azure => {
             let mut deployments = HashMap::with_capacity(rc.deployments.len());
             for d in &rc.deployments {
-                let keys = check(
-                    format!("deployments.{}.key", d.name),
-                    KeySet::resolve(&d.key, prefix, env),
-                );
+                let keys = resolve(format!("deployments.{}.key", d.name), &d.key, prefix);
                 deployments.insert(
                     Box::from(d.name.as_str()),
                     Target {
@@ -282,7 +301,7 @@ fn build_route(
             }
             let default = rc.upstream.as_ref().map(|upstream| Target {
                 upstream: upstream.clone(),
-                keys: check("key".to_owned(), KeySet::resolve(&rc.key, prefix, env)),
+                keys: resolve("key".to_owned(), &rc.key, prefix),
             });
             Targets::Azure {
                 deployments,
@@ -297,10 +316,7 @@ fn build_route(
     let headers = rc
         .headers
         .iter()
-        .map(|(name, spec)| {
-            let set = check(format!("headers.{name}"), KeySet::resolve(spec, "", env));
-            (name.clone(), set)
-        })
+        .map(|(name, spec)| (name.clone(), resolve(format!("headers.{name}"), spec, "")))
         .collect();
     Ok(Route {
         name: Arc::from(rc.name.as_str()),
@@ -312,7 +328,7 @@ fn build_route(
             .as_ref()
             .map(|m| m.iter().map(|s| Box::from(s.as_str())).collect()),
         client,
-        metrics: metrics.route(&rc.name),
+        metrics: deps.metrics.route(&rc.name),
     })
 }
 

@@ -3,17 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// A request body on its way upstream: the client's stream as it arrives, or
-/// bytes kept in memory (for the model allowlist or a replay).
-pub(crate) type UpstreamBody = Either<Incoming, Full<Bytes>>;
+use super::UpstreamBody;
 
 type Inner = LegacyClient<HttpsConnector<HttpConnector>, UpstreamBody>;
 

@@ -8,6 +8,7 @@
 //! route's trust settings keeps its warm connections. Knows nothing of routes
 //! or credentials.
 
+pub(crate) mod body;
 pub(crate) mod client;
 pub(crate) mod tls;
 
@@ -16,7 +17,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub(crate) use client::{Client, UpstreamBody};
+pub(crate) use body::UpstreamBody;
+pub(crate) use client::Client;
 use tls::TlsError;
 
 /// What distinguishes one client from another.

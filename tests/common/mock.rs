@@ -85,6 +85,13 @@ impl Reply {
 
 type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 
+fn is_error(reply: &Reply) -> bool {
+    match reply {
+        Reply::Full { status, .. } | Reply::Stream { status, .. } => *status >= 400,
+        Reply::Hang => false,
+    }
+}
+
 /// A running mock provider.
 pub struct Mock {
     pub addr: SocketAddr,
@@ -118,6 +125,25 @@ impl Mock {
         transport: Transport<'_>,
         handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> Self {
+        Self::start_with(transport, false, handler).await
+    }
+
+    /// Like [`Mock::start`], but answers an error (status ≥ 400) from the
+    /// head alone, before reading the body, as a provider may do for a bad
+    /// key; such requests are recorded with an empty body. Other answers
+    /// read the body first.
+    pub async fn start_early(
+        transport: Transport<'_>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_with(transport, true, handler).await
+    }
+
+    async fn start_with(
+        transport: Transport<'_>,
+        early: bool,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (acceptor, scheme) = match transport {
@@ -143,7 +169,7 @@ impl Mock {
                 );
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        serve(req, handler.clone(), reqs.clone(), sent.clone())
+                        serve(req, early, handler.clone(), reqs.clone(), sent.clone())
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     match acceptor {
@@ -194,25 +220,42 @@ type MockBody = Either<Full<Bytes>, Channel<Bytes, Infallible>>;
 
 async fn serve(
     req: Request<Incoming>,
+    early: bool,
     handler: Handler,
     reqs: Arc<Mutex<Vec<Recorded>>>,
     sent: Arc<Mutex<Vec<Vec<Instant>>>>,
 ) -> Result<Response<MockBody>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let rec = Recorded {
+    let mut rec = Recorded {
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
         headers: parts.headers,
-        body,
+        body: Bytes::new(),
     };
-    reqs.lock().unwrap().push(rec.clone());
-    let reply = handler(&rec);
+    // Early mode answers an error from the head alone, without reading the
+    // body; anything else (and every answer otherwise) reads the body first.
+    let early_reply = if early {
+        Some(handler(&rec)).filter(is_error)
+    } else {
+        None
+    };
+    let reply = match early_reply {
+        Some(reply) => {
+            drop(body);
+            reqs.lock().unwrap().push(rec.clone());
+            reply
+        }
+        None => {
+            rec.body = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            reqs.lock().unwrap().push(rec.clone());
+            handler(&rec)
+        }
+    };
     let build = |status: u16, headers: &[(String, String)], body: MockBody| {
         let mut resp = Response::new(body);
         *resp.status_mut() = StatusCode::from_u16(status).unwrap();
