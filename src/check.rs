@@ -12,7 +12,6 @@ use crate::credentials::{KeySet, KeyValue, Policy};
 use crate::env::Env;
 use crate::reload::snapshot::{InboundToken, Snapshot};
 use crate::routes::{Route, Targets};
-use crate::upstream::Clients;
 
 /// Exit status: the config is invalid (`EX_USAGE`, as linkerd uses it).
 pub const EXIT_CONFIG: u8 = 64;
@@ -62,16 +61,9 @@ pub fn run(
             return Ok(Verdict::ConfigInvalid);
         }
     };
-    let metrics = crate::admin::metrics::Metrics::default();
-    let clients = Clients::default();
-    let health = crate::credentials::pool::HealthRegistry::default();
-    let deps = crate::reload::snapshot::Deps {
-        env,
-        metrics: &metrics,
-        clients: &clients,
-        health: &health,
-    };
-    let snap = match Snapshot::build(config, deps) {
+    // Offline: service-account keys are loaded, no token is minted.
+    let reg = crate::reload::Registries::offline();
+    let snap = match Snapshot::build(config, env, &reg) {
         Ok(s) => s,
         Err(e) => {
             writeln!(err, "error: {}: {e}", source.display_name())?;
@@ -146,6 +138,23 @@ fn route_report(route: &Route, out: &mut dyn Write) -> io::Result<()> {
                 writeln!(out, "  deployment {name} -> {}", t.upstream)?;
             }
         }
+        Targets::Vertex(v) => {
+            match &v.upstream {
+                Some(u) => writeln!(out, "  upstream  {u}")?,
+                None => writeln!(
+                    out,
+                    "  upstream  https://{{location}}-aiplatform.googleapis.com (location from the path, else {})",
+                    v.location
+                )?,
+            }
+            match &v.project {
+                Some(p) => writeln!(out, "  project   {p} (for short paths)")?,
+                None => writeln!(
+                    out,
+                    "  project   none: clients must call /v1/projects/PROJECT/locations/LOCATION/..."
+                )?,
+            }
+        }
         Targets::Unsupported(reason) => {
             writeln!(out, "  answers 501: {reason}")?;
             return Ok(());
@@ -179,6 +188,7 @@ fn keys_report(label: &str, keys: &KeySet, out: &mut dyn Write) -> io::Result<()
         };
         let state = match &key.value {
             KeyValue::Static { fingerprint, .. } => fingerprint.to_string(),
+            KeyValue::Token { cache, .. } => format!("tokens from {}", cache.source().describe()),
             KeyValue::Dynamic(name) => format!("from request header {}", name.header()),
             KeyValue::None => "no credential sent".to_owned(),
             KeyValue::Missing(why) => format!("MISSING: {}", why.reason),

@@ -79,6 +79,8 @@ pub(crate) enum ProxyError {
         ty: &'static str,
         reason: &'static str,
     },
+    #[error("route {route}: {message}")]
+    BadVertexPath { route: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -101,6 +103,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::RequestBody { .. } => (S::BAD_REQUEST, "bad_request_body"),
             Self::NoModel { .. } => (S::BAD_REQUEST, "model_missing"),
+            Self::BadVertexPath { .. } => (S::BAD_REQUEST, "bad_vertex_path"),
             Self::CredentialUnavailable { .. } | Self::InboundTokenUnavailable(_) => {
                 (S::SERVICE_UNAVAILABLE, "credential_unavailable")
             }

@@ -43,6 +43,7 @@ mod routes;
 mod server;
 pub mod shutdown;
 pub mod telemetry;
+mod tokens;
 mod upstream;
 
 use std::future::Future;
@@ -55,11 +56,9 @@ pub use config::{ConfigError, ConfigSource, Overrides};
 pub use credentials::{Fingerprint, Secret};
 pub use env::{Env, MapEnv, ProcessEnv};
 
-use admin::metrics::{Metrics, ReloadResult};
+use admin::metrics::ReloadResult;
 use config::Config;
-use credentials::pool::HealthRegistry;
-use reload::{Shared, Snapshot};
-use upstream::Clients;
+use reload::{Registries, Shared, Snapshot};
 
 /// How to start sidekey.
 #[derive(Debug, Clone)]
@@ -125,18 +124,10 @@ impl Server {
     pub async fn start(options: Options) -> Result<Self, StartError> {
         let started = tokio::time::Instant::now();
         let config = Config::load(&options.config, options.env.as_ref(), &options.overrides)?;
-        let metrics = Arc::new(Metrics::default());
-        let clients = Clients::default();
-        let health = HealthRegistry::default();
-        let deps = reload::snapshot::Deps {
-            env: options.env.as_ref(),
-            metrics: &metrics,
-            clients: &clients,
-            health: &health,
-        };
-        let snap = Snapshot::build(config, deps)
+        let reg = Registries::online();
+        let snap = Snapshot::build(config, options.env.as_ref(), &reg)
             .map_err(|e| StartError::Tls(format!("{}: {e}", options.config.display_name())))?;
-        metrics.reload(ReloadResult::Ok, started.elapsed());
+        reg.metrics.reload(ReloadResult::Ok, started.elapsed());
         for p in &snap.problems {
             tracing::warn!(problem = %p, "credential unavailable");
         }
@@ -149,9 +140,7 @@ impl Server {
         let admin = bind(snap.config.admin_listen, "admin_listen").await?;
         let shared = Arc::new(Shared::new(
             snap,
-            metrics,
-            clients,
-            health,
+            reg,
             options.env,
             options.config,
             options.overrides,

@@ -132,6 +132,8 @@ pub(crate) enum Targets {
         deployments: HashMap<Box<str>, Target>,
         default: Option<Target>,
     },
+    /// Vertex AI: OAuth2 tokens, host and path from location and project.
+    Vertex(crate::providers::vertex::VertexTarget),
     /// A provider type this build cannot serve yet (501 with the reason).
     Unsupported(&'static str),
 }
@@ -176,6 +178,7 @@ impl Route {
                     out.push((format!("deployments.{name}.key"), &t.keys));
                 }
             }
+            Targets::Vertex(v) => out.push(("credentials".to_owned(), &v.keys)),
             Targets::Unsupported(_) => {}
         }
         for (name, keys) in self.headers.iter() {

@@ -46,7 +46,7 @@ async fn sidekey_errors_use_the_envelope_and_name_the_route() {
          [routes.ok]\ntype = \"openai\"\nupstream = \"{url}\"\nkey = \"path::{key}\"\nmodels = [\"gpt-4o\"]\n\
          [routes.down]\ntype = \"openai\"\nupstream = \"http://{closed}\"\nkey = \"path::{key}\"\n\
          [routes.nokey]\ntype = \"openai\"\nupstream = \"{url}\"\nkey = \"path::{missing}\"\n\
-         [routes.vertex]\ntype = \"vertex\"\ncredentials = \"path::{key}\"\n\
+         [routes.bedrock]\ntype = \"bedrock\"\n\
          [routes.gem]\ntype = \"gemini\"\nupstream = \"{url}\"\nkey = \"path::{key}\"\nmodels = [\"gemini-2.0-flash\"]\n",
         url = mock.url,
         missing = dir.path().join("absent-key").display(),
@@ -68,7 +68,7 @@ async fn sidekey_errors_use_the_envelope_and_name_the_route() {
             body: "",
             status: 404,
             code: "unknown_route",
-            mentions: &["nope", "ok, "],
+            mentions: &["nope", "nokey, ok"],
         },
         Case {
             what: "no route",
@@ -128,11 +128,11 @@ async fn sidekey_errors_use_the_envelope_and_name_the_route() {
         },
         Case {
             what: "not implemented yet",
-            path: "/vertex/v1/x",
+            path: "/bedrock/model/m/invoke",
             body: "",
             status: 501,
             code: "not_implemented",
-            mentions: &["route vertex"],
+            mentions: &["route bedrock"],
         },
     ];
     for c in &cases {

@@ -251,3 +251,44 @@ async fn official_sdks_work_through_sidekey() {
         }
     }
 }
+
+#[tokio::test]
+async fn google_genai_in_vertex_mode_works_through_sidekey() {
+    use common::google::{Account, Tokens, token_endpoint, vertex_endpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let tokens = Tokens::new(3600);
+    let account = Account::generate("sdk@proj.iam.gserviceaccount.com", "proj");
+    tokens.trust(&account);
+    let (_token_mock, token_uri) = token_endpoint(Transport::Tls(&pki), tokens.clone()).await;
+    let vertex = vertex_endpoint(Transport::Tls(&pki), tokens.clone()).await;
+    let sa = dir.path().join("sa.json");
+    std::fs::write(&sa, account.json(&token_uri)).unwrap();
+    let config = format!(
+        "ca_file = \"{}\"\n[routes.vertex]\ntype = \"vertex\"\nupstream = \"{}\"\ncredentials = \"path::{}\"\n",
+        pki.ca_file.display(),
+        vertex.url,
+        sa.display()
+    );
+    let sidekey = start_in(dir.path(), &config, MapEnv::default()).await;
+    let calls = run_case("vertex", &sidekey.url("")).await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[1]["chunks"].as_u64().unwrap() >= 2, "{calls:?}");
+    let seen = vertex.requests();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert!(
+            r.uri.path().contains(
+                "/projects/proj/locations/us-central1/publishers/google/models/gemini-2.0-flash:"
+            ),
+            "{}",
+            r.path_and_query()
+        );
+        let auth = r.header("authorization").unwrap();
+        assert!(
+            auth.starts_with("Bearer ya29.test-"),
+            "the provider got {auth}"
+        );
+    }
+    assert!(tokens.problems.lock().unwrap().is_empty());
+}

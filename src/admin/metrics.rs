@@ -12,6 +12,8 @@
 //! - `sidekey_request_duration_seconds{route}` histogram, request start to end of response body
 //! - `sidekey_credential_failovers_total{route,reason}` counter,
 //!   `sidekey_credential_keys_rested{route}` gauge
+//! - `sidekey_token_refreshes_total{route,result}` counter,
+//!   `sidekey_token_expiry_timestamp_seconds{route,credential}` gauge
 //! - `sidekey_reloads_total{result}` counter, `sidekey_reload_duration_seconds` histogram,
 //!   `sidekey_last_reload_success_timestamp_seconds` gauge
 //! - `sidekey_build_info{version}` gauge
@@ -98,6 +100,8 @@ pub(crate) struct RouteMetrics {
     duration: Histogram<16>,
     failovers_rejected: AtomicU64,
     failovers_rate_limited: AtomicU64,
+    tokens_ok: AtomicU64,
+    tokens_error: AtomicU64,
     /// Whether the route has logged that a body was too large to retry
     /// (logged once per route, not per request).
     pub(crate) over_limit_logged: AtomicBool,
@@ -111,6 +115,8 @@ impl RouteMetrics {
             duration: Histogram::new(&DURATION_BUCKETS),
             failovers_rejected: AtomicU64::new(0),
             failovers_rate_limited: AtomicU64::new(0),
+            tokens_ok: AtomicU64::new(0),
+            tokens_error: AtomicU64::new(0),
             over_limit_logged: AtomicBool::new(false),
         }
     }
@@ -118,6 +124,16 @@ impl RouteMetrics {
     /// The route's name (`""` for requests that matched no route).
     pub(crate) fn route(&self) -> &str {
         &self.route
+    }
+
+    /// Counts a token request and whether it succeeded.
+    pub(crate) fn token_refresh(&self, ok: bool) {
+        let counter = if ok {
+            &self.tokens_ok
+        } else {
+            &self.tokens_error
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// Counts a switch to another key after `verdict`.
@@ -166,6 +182,15 @@ impl Default for Metrics {
     }
 }
 
+/// Values read from the current snapshot when `/metrics` is scraped.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    /// Keys resting now, per route.
+    pub(crate) rested: Vec<(String, usize)>,
+    /// (route, credential location, Unix expiry) of each token source.
+    pub(crate) token_expiry: Vec<(String, String, u64)>,
+}
+
 /// The result of a reload attempt, as counted.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum ReloadResult {
@@ -210,9 +235,10 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of everything; `rested` is the number
-    /// of keys resting now, per route, from the current snapshot.
-    pub(crate) fn render(&self, rested: &[(&str, usize)]) -> String {
+    /// The Prometheus text exposition of everything; `live` holds what is
+    /// read from the current snapshot rather than counted.
+    pub(crate) fn render(&self, live: &Live) -> String {
+        let rested = &live.rested;
         let mut out = String::with_capacity(4096);
         let routes: Vec<Arc<RouteMetrics>> = {
             let map = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -275,6 +301,30 @@ impl Metrics {
             );
         }
 
+        out.push_str("# HELP sidekey_token_refreshes_total Access token requests (Vertex), by route and result.\n");
+        out.push_str("# TYPE sidekey_token_refreshes_total counter\n");
+        for m in &routes {
+            for (result, counter) in [("ok", &m.tokens_ok), ("error", &m.tokens_error)] {
+                let n = counter.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "sidekey_token_refreshes_total{{route=\"{}\",result=\"{result}\"}} {n}",
+                        m.route
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP sidekey_token_expiry_timestamp_seconds Unix time the current access token expires (0: no valid token), by route and credential.\n");
+        out.push_str("# TYPE sidekey_token_expiry_timestamp_seconds gauge\n");
+        for (route, credential, expiry) in &live.token_expiry {
+            let _ = writeln!(
+                out,
+                "sidekey_token_expiry_timestamp_seconds{{route=\"{route}\",credential=\"{}\"}} {expiry}",
+                credential.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+        }
+
         out.push_str("# HELP sidekey_reloads_total Reload attempts, by result (error: the last good config stayed).\n");
         out.push_str("# TYPE sidekey_reloads_total counter\n");
         let _ = writeln!(
@@ -323,7 +373,11 @@ mod tests {
         r.observe(StatusCode::OK, Duration::from_millis(3));
         r.observe(StatusCode::OK, Duration::from_secs(2));
         r.observe(StatusCode::BAD_GATEWAY, Duration::from_millis(1));
-        let text = m.render(&[("openai", 1)]);
+        let live = Live {
+            rested: vec![("openai".to_owned(), 1)],
+            token_expiry: vec![("vertex".to_owned(), "path::/sa.json".to_owned(), 42)],
+        };
+        let text = m.render(&live);
         assert!(
             text.contains("sidekey_requests_total{route=\"openai\",status=\"200\"} 2"),
             "{text}"
@@ -341,6 +395,7 @@ mod tests {
         );
         assert!(text.contains("sidekey_request_duration_seconds_count{route=\"openai\"} 3"));
         assert!(text.contains("sidekey_credential_keys_rested{route=\"openai\"} 1"));
+        assert!(text.contains("sidekey_token_expiry_timestamp_seconds{route=\"vertex\",credential=\"path::/sa.json\"} 42"));
         assert!(
             Arc::ptr_eq(&r, &m.route("openai")),
             "metrics survive reloads"

@@ -72,10 +72,10 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => readyz(shared),
         "/metrics" => {
-            let snap = shared.snapshot();
-            let rested = snap.rested_keys();
-            let rested: Vec<(&str, usize)> = rested.iter().map(|(r, n)| (&**r, *n)).collect();
-            let mut resp = text(StatusCode::OK, shared.metrics.render(&rested));
+            let mut resp = text(
+                StatusCode::OK,
+                shared.reg.metrics.render(&shared.snapshot().live_metrics()),
+            );
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -23,7 +23,11 @@ use http::{HeaderMap, HeaderValue};
 pub(crate) use location::{DYNAMIC_HEADER_PREFIX, Location};
 pub use secret::{Fingerprint, Secret};
 
+use crate::admin::metrics::RouteMetrics;
 use crate::env::Env;
+use crate::tokens::jwt::ServiceAccount;
+use crate::tokens::{Source, TokenCache, TokenRegistry};
+use crate::upstream::Client;
 use pool::{Cursor, HealthRegistry, KeyHealth, Standing, now_ms};
 use resolve::Unavailable;
 
@@ -93,6 +97,14 @@ pub(crate) enum KeyValue {
     },
     /// Taken from the request's `x-sidekey-credential-NAME` header.
     Dynamic(location::DynamicName),
+    /// An OAuth2 access token minted from this source (Vertex).
+    Token {
+        cache: Arc<TokenCache>,
+        /// Of the source (the service-account JSON, or the metadata host).
+        fingerprint: Fingerprint,
+        digest: [u8; 32],
+        health: Arc<KeyHealth>,
+    },
     /// Send no credential.
     None,
     /// Could not be read; the reason names the location, never a value.
@@ -116,7 +128,7 @@ pub(crate) struct KeySet {
 }
 
 /// The credential for one attempt of a request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Chosen<'a> {
     /// A prepared value from the snapshot.
     Static {
@@ -125,6 +137,13 @@ pub(crate) enum Chosen<'a> {
     },
     /// A value the client supplied through `x-sidekey-credential-NAME`.
     Dynamic(HeaderValue),
+    /// A token to take from this cache (Vertex); the fingerprint is the source's.
+    Token {
+        cache: &'a TokenCache,
+        fingerprint: Fingerprint,
+    },
+    /// A complete header value (a minted token, `Bearer ...`).
+    Minted(HeaderValue),
     /// Send no credential.
     Nothing,
 }
@@ -133,8 +152,10 @@ impl Chosen<'_> {
     /// What to log about the credential: a fingerprint, never the value.
     pub(crate) fn fingerprint(&self) -> Option<Fingerprint> {
         match self {
-            Self::Static { fingerprint, .. } => Some(*fingerprint),
-            Self::Dynamic(v) => Some(Fingerprint::of(v.as_bytes())),
+            Self::Static { fingerprint, .. } | Self::Token { fingerprint, .. } => {
+                Some(*fingerprint)
+            }
+            Self::Dynamic(v) | Self::Minted(v) => Some(Fingerprint::of(v.as_bytes())),
             Self::Nothing => None,
         }
     }
@@ -215,9 +236,7 @@ impl KeySet {
     pub(crate) fn rested(&self, now: u64) -> usize {
         self.keys
             .iter()
-            .filter(
-                |k| matches!(&k.value, KeyValue::Static { health, .. } if health.is_rested(now)),
-            )
+            .filter(|k| k.health().is_some_and(|h| h.is_rested(now)))
             .count()
     }
 
@@ -278,6 +297,34 @@ impl KeySet {
                         Standing::Rested(until) => resting.push((until, candidate)),
                     }
                 }
+                KeyValue::Token {
+                    cache,
+                    fingerprint,
+                    health,
+                    ..
+                } => {
+                    let candidate = Candidate {
+                        chosen: Chosen::Token {
+                            cache,
+                            fingerprint: *fingerprint,
+                        },
+                        health: Some(health),
+                        location,
+                    };
+                    let standing = if n == 1 {
+                        Standing::Healthy
+                    } else {
+                        health.standing(now, probe_window)
+                    };
+                    match standing {
+                        Standing::Healthy => usable.push(candidate),
+                        Standing::Probe => {
+                            usable.insert(probes, candidate);
+                            probes += 1;
+                        }
+                        Standing::Rested(until) => resting.push((until, candidate)),
+                    }
+                }
                 KeyValue::Dynamic(name) => {
                     if let Some(mut v) = headers.remove(name.header()) {
                         v.set_sensitive(true);
@@ -314,6 +361,107 @@ impl KeySet {
         }
         Ok(usable)
     }
+}
+
+impl Key {
+    /// The key's health, for keys that can be rested.
+    pub(crate) fn health(&self) -> Option<&KeyHealth> {
+        match &self.value {
+            KeyValue::Static { health, .. } | KeyValue::Token { health, .. } => Some(health),
+            KeyValue::Dynamic(_) | KeyValue::None | KeyValue::Missing(_) => None,
+        }
+    }
+}
+
+impl KeySet {
+    /// Like [`KeySet::resolve`] for token sources (Vertex `credentials`):
+    /// each location is a service-account JSON (`env::NAME` names its *path*,
+    /// as TensorZero's `GCP_VERTEX_CREDENTIALS_PATH` does) or `metadata`.
+    /// The JSON is parsed and its key loaded now; tokens are minted by the
+    /// cache's own task (none in offline mode, for `check`).
+    pub(crate) fn resolve_tokens(
+        spec: &KeySpec,
+        env: &dyn Env,
+        scope: &HealthScope<'_>,
+        tokens: &TokenRegistry,
+        client: &Client,
+        metrics: &Arc<RouteMetrics>,
+    ) -> Self {
+        let keys = spec
+            .locations
+            .iter()
+            .map(|location| Key {
+                location: location.clone(),
+                value: resolve_token(location, env, scope, tokens, client, metrics),
+            })
+            .collect();
+        Self {
+            policy: spec.policy,
+            keys,
+            cursor: scope.registry.cursor(scope.route, scope.label),
+        }
+    }
+}
+
+fn resolve_token(
+    location: &Location,
+    env: &dyn Env,
+    scope: &HealthScope<'_>,
+    tokens: &TokenRegistry,
+    client: &Client,
+    metrics: &Arc<RouteMetrics>,
+) -> KeyValue {
+    let (source, digest) = match location {
+        Location::None => return KeyValue::None,
+        Location::Dynamic(name) => return KeyValue::Dynamic(name.clone()),
+        Location::Metadata => {
+            let host = env
+                .var(crate::tokens::metadata::ENV_HOST)
+                .unwrap_or_else(|| crate::tokens::metadata::DEFAULT_HOST.to_owned());
+            let digest = Fingerprint::digest_of(host.as_bytes());
+            (Source::Metadata { host }, digest)
+        }
+        Location::Env(var) | Location::PathFromEnv(var) => {
+            let Some(path) = env.var(var) else {
+                return KeyValue::Missing(Unavailable::reason(
+                    location,
+                    "environment variable is not set",
+                ));
+            };
+            match read_account(location, std::path::Path::new(&path)) {
+                Ok(found) => found,
+                Err(why) => return KeyValue::Missing(why),
+            }
+        }
+        Location::Path(path) => match read_account(location, path) {
+            Ok(found) => found,
+            Err(why) => return KeyValue::Missing(why),
+        },
+    };
+    let fingerprint = match &source {
+        Source::Account(sa) => sa.fingerprint,
+        Source::Metadata { host } => Fingerprint::of(host.as_bytes()),
+    };
+    let cache = tokens.get(scope.route, scope.label, digest, || {
+        (source, client.clone(), metrics.clone())
+    });
+    KeyValue::Token {
+        cache,
+        fingerprint,
+        digest,
+        health: scope.registry.get(scope.route, scope.label, digest),
+    }
+}
+
+/// Reads and parses a service-account JSON.
+fn read_account(
+    location: &Location,
+    path: &std::path::Path,
+) -> Result<(Source, [u8; 32]), Unavailable> {
+    let json = resolve::read_file(location, path)?;
+    let account =
+        ServiceAccount::parse(json.expose()).map_err(|e| Unavailable::reason(location, e))?;
+    Ok((Source::Account(Box::new(account)), json.digest()))
 }
 
 fn resolve_one(
@@ -365,7 +513,8 @@ mod tests {
     fn header_of(c: &Candidate<'_>) -> String {
         match &c.chosen {
             Chosen::Static { header, .. } => header.to_str().unwrap().to_owned(),
-            Chosen::Dynamic(v) => v.to_str().unwrap().to_owned(),
+            Chosen::Dynamic(v) | Chosen::Minted(v) => v.to_str().unwrap().to_owned(),
+            Chosen::Token { .. } => "token".to_owned(),
             Chosen::Nothing => "-".to_owned(),
         }
     }

@@ -34,6 +34,11 @@ impl Unavailable {
     pub(crate) fn invalid(location: &Location, why: InvalidSecret) -> Self {
         Self::new(location, why)
     }
+
+    /// `location` cannot serve, for `reason`.
+    pub(crate) fn reason(location: &Location, reason: impl fmt::Display) -> Self {
+        Self::new(location, reason)
+    }
 }
 
 /// Reads the secret at `location`.

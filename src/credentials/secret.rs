@@ -24,6 +24,16 @@ impl Fingerprint {
         Self::from_digest(&sha256(bytes))
     }
 
+    /// The four bytes.
+    pub(crate) fn bytes(self) -> [u8; 4] {
+        self.0
+    }
+
+    /// The full SHA-256 of `bytes` (identities that are not secrets).
+    pub(crate) fn digest_of(bytes: &[u8]) -> [u8; 32] {
+        sha256(bytes)
+    }
+
     fn from_digest(digest: &[u8; 32]) -> Self {
         let [a, b, c, d, ..] = *digest;
         Self([a, b, c, d])

@@ -27,7 +27,12 @@ pub(crate) fn inject(spec: &Spec, headers: &mut HeaderMap, chosen: Chosen<'_>) {
                 headers.insert(auth.header(), v);
             }
         }
-        Chosen::Nothing => {}
+        Chosen::Minted(value) => {
+            headers.insert(auth.header(), value);
+        }
+        // The fallback loop turns a token source into `Minted` first; an
+        // unresolved one sends nothing rather than guessing.
+        Chosen::Token { .. } | Chosen::Nothing => {}
     }
     for (name, value) in spec.default_headers {
         if !headers.contains_key(name) {

@@ -12,6 +12,7 @@
 
 pub(crate) mod api_key;
 pub(crate) mod azure;
+pub(crate) mod vertex;
 
 use std::fmt;
 use std::str::FromStr;

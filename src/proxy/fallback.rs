@@ -25,14 +25,19 @@ use hyper::body::Incoming;
 use super::body::{joined, peek};
 use super::replay::{Replay, ReplayBody};
 use crate::config::Config;
-use crate::credentials::{Candidate, Policy};
+use crate::credentials::{Candidate, Chosen, KeySet, Policy};
 use crate::error::ProxyError;
-use crate::providers::{self, Verdict};
-use crate::routes::{Route, Target};
+use crate::providers::{self, Rejects, Verdict};
+use crate::routes::Route;
+use crate::tokens::Token;
 use crate::upstream::UpstreamBody;
 
 /// How much of an error answer is read to classify it.
 const PEEK_LIMIT: usize = 64 << 10;
+
+/// Longest a request waits for a token (the first one, or a fresh one after
+/// a 401); also bounded by `limits.request_timeout`.
+const TOKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The request, ready to go out but for its credential.
 #[derive(Debug)]
@@ -88,10 +93,12 @@ impl Again {
 /// # Errors
 ///
 /// [`ProxyError::UpstreamUnreachable`] / [`ProxyError::UpstreamTimeout`]
-/// when the provider cannot be reached.
+/// when the provider cannot be reached; [`ProxyError::CredentialUnavailable`]
+/// when no candidate yields a token.
 pub(crate) async fn send(
     route: &Route,
-    target: &Target,
+    keys: &KeySet,
+    host: &str,
     config: &Config,
     candidates: Vec<Candidate<'_>>,
     req: Prepared,
@@ -102,108 +109,157 @@ pub(crate) async fn send(
         mut headers,
         body,
     } = req;
-    let (mut body, again) = replayable(
-        route,
-        body,
-        candidates.len() > 1,
-        config.limits.max_replay_body,
-    );
     let rejects = route.spec.rejects;
-    let pool = target.keys.policy == Policy::Pool;
+    // Vertex retries once with a fresh token before any fallback.
+    let may_retry = candidates.len() > 1 || rejects == Rejects::Vertex;
+    let (mut body, again) = replayable(route, body, may_retry, config.limits.max_replay_body);
+    let pool = keys.policy == Policy::Pool;
+    let token_wait = config.limits.request_timeout.min(TOKEN_WAIT);
     let mut attempts: u8 = 0;
+    let mut last_token_error = None;
     let mut candidates = candidates.into_iter().peekable();
-    while let Some(candidate) = candidates.next() {
-        attempts = attempts.saturating_add(1);
-        let retry_possible = candidates.peek().is_some() && again.possible();
-        // The last attempt takes the headers; earlier ones send a copy.
-        let mut attempt_headers = if retry_possible {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
-        let fingerprint = candidate.chosen.fingerprint();
-        providers::api_key::inject(route.spec, &mut attempt_headers, candidate.chosen);
-        let mut attempt = Request::new(body);
-        *attempt.method_mut() = method.clone();
-        *attempt.uri_mut() = uri.clone();
-        *attempt.headers_mut() = attempt_headers;
+    'candidates: while let Some(candidate) = candidates.next() {
+        let mut refreshed = false;
+        let mut token: Option<Token> = None;
+        loop {
+            // The credential for this attempt; a token source yields its
+            // current token (at once in steady state).
+            let chosen = match (&candidate.chosen, &token) {
+                (Chosen::Token { .. }, Some(t)) => Chosen::Minted(t.header.clone()),
+                (Chosen::Token { cache, .. }, None) => match cache.token(token_wait).await {
+                    Ok(t) => {
+                        let header = t.header.clone();
+                        token = Some(t);
+                        Chosen::Minted(header)
+                    }
+                    Err(e) => {
+                        tracing::warn!(route = %route.name, error = %e, "no access token; trying the next credential");
+                        last_token_error = Some(e.to_string());
+                        // Nothing was sent: the body is still unsent.
+                        continue 'candidates;
+                    }
+                },
+                (other, _) => other.clone(),
+            };
+            attempts = attempts.saturating_add(1);
+            let fingerprint = candidate.chosen.fingerprint();
+            let token_retry_left = matches!(candidate.chosen, Chosen::Token { .. })
+                && !refreshed
+                && rejects == Rejects::Vertex;
+            let retry_possible =
+                (candidates.peek().is_some() || token_retry_left) && again.possible();
+            // The last attempt takes the headers; earlier ones send a copy.
+            let mut attempt_headers = if retry_possible {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            providers::api_key::inject(route.spec, &mut attempt_headers, chosen);
+            let mut attempt = Request::new(body);
+            *attempt.method_mut() = method.clone();
+            *attempt.uri_mut() = uri.clone();
+            *attempt.headers_mut() = attempt_headers;
 
-        let mut response = super::forward::send(
-            route,
-            &target.upstream,
-            attempt,
-            config.limits.request_timeout,
-        )
-        .await?;
-        let status = response.status();
-        let mut prefix = VecDeque::new();
-        let body_start = if rejects.needs_body(status) {
-            prefix = peek_bounded(response.body_mut(), config).await;
-            Some(joined(&prefix))
-        } else {
-            None
-        };
-        let verdict = rejects.classify(status, response.headers(), body_start.as_deref());
-        let answer = |response, prefix| Answer {
-            response,
-            prefix,
-            attempts,
-            fingerprint,
-        };
-        let wants_another = match verdict {
-            Verdict::Accepted => {
-                if let Some(health) = candidate.health
-                    && health.accepted()
-                {
-                    tracing::info!(route = %route.name, location = %candidate.location, fingerprint = fingerprint.map(tracing::field::display), "key accepted again: its rest is over");
+            let mut response =
+                super::forward::send(route, host, attempt, config.limits.request_timeout).await?;
+            let status = response.status();
+            let mut prefix = VecDeque::new();
+            let body_start = if rejects.needs_body(status) {
+                prefix = peek_bounded(response.body_mut(), config).await;
+                Some(joined(&prefix))
+            } else {
+                None
+            };
+            let verdict = rejects.classify(status, response.headers(), body_start.as_deref());
+            let answer = |response, prefix| Answer {
+                response,
+                prefix,
+                attempts,
+                fingerprint,
+            };
+            let wants_another = match verdict {
+                Verdict::Accepted => {
+                    if let Some(health) = candidate.health
+                        && health.accepted()
+                    {
+                        tracing::info!(route = %route.name, location = %candidate.location, fingerprint = fingerprint.map(tracing::field::display), "key accepted again: its rest is over");
+                    }
+                    return Ok(answer(response, prefix));
                 }
+                Verdict::Rejected(_) => true,
+                Verdict::RateLimited(_) => pool,
+            };
+            if !wants_another {
                 return Ok(answer(response, prefix));
             }
-            Verdict::Rejected(_) => true,
-            Verdict::RateLimited(_) => pool,
-        };
-        if !wants_another {
-            return Ok(answer(response, prefix));
-        }
-        // Rest the key whatever happens next, so later requests avoid it,
-        // unless it is the set's only key (there is nothing to avoid it for).
-        if let Some(health) = candidate.health.filter(|_| target.keys.keys.len() > 1) {
-            let period = match verdict {
-                Verdict::RateLimited(after) => after.unwrap_or(config.keys.rate_limit_rest),
-                _ => config.keys.rest,
+
+            // Vertex: a rejected token is refreshed and the request retried
+            // once with the same credential before any fallback.
+            if let (Chosen::Token { cache, .. }, Some(old), true) =
+                (&candidate.chosen, &token, token_retry_left)
+            {
+                refreshed = true;
+                match cache.refresh_after(old, token_wait).await {
+                    Ok(fresh) => {
+                        if let Some(next_body) = again.next() {
+                            tracing::info!(route = %route.name, status = status.as_u16(), "access token rejected; retrying once with a fresh token");
+                            token = Some(fresh);
+                            drop(response);
+                            body = next_body;
+                            continue;
+                        }
+                        log_over_limit(route, config.limits.max_replay_body);
+                        return Ok(answer(response, prefix));
+                    }
+                    Err(e) => {
+                        tracing::warn!(route = %route.name, error = %e, "no fresh token after a rejection")
+                    }
+                }
+            }
+
+            // Rest the key whatever happens next, so later requests avoid it,
+            // unless it is the set's only key (there is nothing to avoid it for).
+            if let Some(health) = candidate.health.filter(|_| keys.keys.len() > 1) {
+                let period = match verdict {
+                    Verdict::RateLimited(after) => after.unwrap_or(config.keys.rate_limit_rest),
+                    _ => config.keys.rest,
+                };
+                health.rest(period);
+            }
+            let Some(next) = candidates.peek() else {
+                // Every key was tried: the client gets the provider's last word.
+                return Ok(answer(response, prefix));
             };
-            health.rest(period);
+            let Some(next_body) = again.next() else {
+                log_over_limit(route, config.limits.max_replay_body);
+                return Ok(answer(response, prefix));
+            };
+            route.metrics.failover(verdict);
+            tracing::warn!(
+                route = %route.name,
+                reason = verdict.reason(),
+                status = status.as_u16(),
+                detail = match verdict { Verdict::Rejected(d) => d, _ => "429" },
+                from = %candidate.location,
+                from_fingerprint = fingerprint.map(tracing::field::display),
+                to = %next.location,
+                to_fingerprint = next.chosen.fingerprint().map(tracing::field::display),
+                "credential failover"
+            );
+            // The rejected answer is dropped unread; its connection is not reused.
+            drop(response);
+            body = next_body;
+            continue 'candidates;
         }
-        let Some(next) = candidates.peek() else {
-            // Every key was tried: the client gets the provider's last word.
-            return Ok(answer(response, prefix));
-        };
-        let Some(next_body) = again.next() else {
-            log_over_limit(route, config.limits.max_replay_body);
-            return Ok(answer(response, prefix));
-        };
-        route.metrics.failover(verdict);
-        tracing::warn!(
-            route = %route.name,
-            reason = verdict.reason(),
-            status = status.as_u16(),
-            detail = match verdict { Verdict::Rejected(d) => d, _ => "429" },
-            from = %candidate.location,
-            from_fingerprint = fingerprint.map(tracing::field::display),
-            to = %next.location,
-            to_fingerprint = next.chosen.fingerprint().map(tracing::field::display),
-            "credential failover"
-        );
-        // The rejected answer is dropped unread; its connection is not reused.
-        drop(response);
-        body = next_body;
     }
-    // Unreachable: `candidates` is never empty (the caller checked), and the
-    // last candidate always returns above.
-    Err(ProxyError::Internal(format!(
-        "route {}: no credential was tried",
-        route.name
-    )))
+    // Only token sources can leave the loop without an answer: none of them
+    // could mint, and there was nothing else to try.
+    Err(ProxyError::CredentialUnavailable {
+        route: route.name.to_string(),
+        source: crate::credentials::NoCredential(vec![
+            last_token_error.unwrap_or_else(|| "no credential could be used".to_owned()),
+        ]),
+    })
 }
 
 /// Makes `body` replayable when a retry could follow.

@@ -13,7 +13,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
-use crate::routes::{Route, UpstreamBase};
+use crate::routes::Route;
 use crate::upstream::UpstreamBody;
 
 /// Sends `req` through the route's client.
@@ -23,7 +23,7 @@ use crate::upstream::UpstreamBody;
 /// [`ProxyError::UpstreamUnreachable`] or [`ProxyError::UpstreamTimeout`].
 pub(crate) async fn send(
     route: &Route,
-    upstream: &UpstreamBase,
+    host: &str,
     req: Request<UpstreamBody>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, ProxyError> {
@@ -31,12 +31,12 @@ pub(crate) async fn send(
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
             route: route.name.to_string(),
-            upstream: upstream.host().to_owned(),
+            upstream: host.to_owned(),
             reason: reason(&e),
         }),
         Err(_) => Err(ProxyError::UpstreamTimeout {
             route: route.name.to_string(),
-            upstream: upstream.host().to_owned(),
+            upstream: host.to_owned(),
             after: timeout,
         }),
     }

@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::admin::metrics::RouteMetrics;
-use crate::credentials::{Chosen, Fingerprint};
+use crate::credentials::{Chosen, Fingerprint, KeySet};
 use crate::error::ProxyError;
 use crate::providers::azure;
 use crate::reload::{Shared, Snapshot};
@@ -62,7 +62,7 @@ pub(crate) async fn handle(
         metrics: cx
             .metrics
             .take()
-            .unwrap_or_else(|| shared.metrics.unrouted().clone()),
+            .unwrap_or_else(|| shared.reg.metrics.unrouted().clone()),
         start,
         method,
         uri,
@@ -104,15 +104,17 @@ async fn handle_inner(
     inbound::check(&parts)?;
     inbound::authorize(snap, &parts.headers)?;
 
-    // 1. Route by the first path segment; the rest goes to the upstream.
+    // 1. Route by the first path segment; the rest and the query go to the
+    //    route's upstream.
     let (name, rest) = routes::split_path(uri.path());
     let route = select(snap, name)?;
     cx.metrics = Some(route.metrics.clone());
-    let (target, deployment) = target(route, rest)?;
+    let query = uri.query().map(routes::strip_key_param);
+    let plan = plan(route, rest, query.as_deref())?;
 
     // 2. Choose the credentials to try (a dynamic one is taken out of the
     //    request), then remove every client credential and hop-by-hop header.
-    let candidates = target
+    let candidates = plan
         .keys
         .candidates(&mut parts.headers, snap.config.keys.rest)
         .map_err(|source| credential_error(route, "", source))?;
@@ -121,27 +123,28 @@ async fn handle_inner(
 
     // 3. Enforce the model allowlist.
     let limit = snap.config.limits.max_replay_body;
-    let body = allowlist::check(route, rest, deployment, &parts.headers, body, limit).await?;
+    let body = allowlist::check(route, rest, plan.deployment, &parts.headers, body, limit).await?;
 
     // 4. Add the credential in the provider's form and forward, trying the
     //    next credential if the provider rejects one (step 5).
     for (name, value) in extra {
         parts.headers.insert(name, value);
     }
-    let query = uri.query().map(routes::strip_key_param);
-    let upstream_uri = target.upstream.uri(rest, query.as_deref()).map_err(|e| {
-        ProxyError::Internal(format!(
-            "route {}: cannot build upstream URI: {e}",
-            route.name
-        ))
-    })?;
     let prepared = fallback::Prepared {
         method: parts.method,
-        uri: upstream_uri,
+        uri: plan.uri,
         headers: parts.headers,
         body,
     };
-    let answer = fallback::send(route, target, &snap.config, candidates, prepared).await;
+    let answer = fallback::send(
+        route,
+        plan.keys,
+        &plan.host,
+        &snap.config,
+        candidates,
+        prepared,
+    )
+    .await;
     if let Ok(a) = &answer {
         cx.attempts = a.attempts;
         cx.fingerprint = a.fingerprint;
@@ -163,20 +166,49 @@ fn select<'s>(snap: &'s Snapshot, name: &str) -> Result<&'s Route, ProxyError> {
     })
 }
 
-/// The target serving `rest`, and the Azure deployment it names.
-fn target<'r>(
-    route: &'r Route,
-    rest: &'r str,
-) -> Result<(&'r Target, Option<&'r str>), ProxyError> {
+/// Where one request goes: the keys to try, the upstream URI, its host (for
+/// errors), and the Azure deployment it names (for the allowlist).
+struct Plan<'r> {
+    keys: &'r KeySet,
+    uri: Uri,
+    host: String,
+    deployment: Option<&'r str>,
+}
+
+/// The plan for `rest` and `query` on `route`.
+fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan<'r>, ProxyError> {
+    let to = |target: &'r Target, deployment| {
+        let uri = target.upstream.uri(rest, query).map_err(|e| {
+            ProxyError::Internal(format!(
+                "route {}: cannot build upstream URI: {e}",
+                route.name
+            ))
+        })?;
+        Ok(Plan {
+            keys: &target.keys,
+            uri,
+            host: target.upstream.host().to_owned(),
+            deployment,
+        })
+    };
     match &route.targets {
-        Targets::One(t) => Ok((t, None)),
+        Targets::One(t) => to(t, None),
         Targets::Azure {
             deployments,
             default,
-        } => Ok((
+        } => to(
             azure::target(route, deployments, default.as_ref(), rest)?,
             azure::deployment(rest),
-        )),
+        ),
+        Targets::Vertex(v) => {
+            let (uri, host) = v.uri(&route.name, rest, query)?;
+            Ok(Plan {
+                keys: &v.keys,
+                uri,
+                host,
+                deployment: None,
+            })
+        }
         Targets::Unsupported(reason) => Err(ProxyError::NotImplemented {
             route: route.name.to_string(),
             ty: route.spec.name,
@@ -202,7 +234,9 @@ fn extra_headers(
         let value = match first.map(|c| c.chosen) {
             Some(Chosen::Static { header, .. }) => header.clone(),
             Some(Chosen::Dynamic(v)) => v,
-            Some(Chosen::Nothing) | None => continue,
+            Some(Chosen::Minted(v)) => v,
+            // Extra headers hold stored values, never token sources.
+            Some(Chosen::Token { .. } | Chosen::Nothing) | None => continue,
         };
         out.push((name.clone(), value));
     }

@@ -16,22 +16,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::admin::metrics::{Metrics, ReloadResult};
+use crate::admin::metrics::ReloadResult;
 use crate::config::{Config, ConfigSource, Overrides};
-use crate::credentials::pool::HealthRegistry;
 use crate::env::Env;
-use crate::upstream::Clients;
-pub(crate) use snapshot::Snapshot;
+pub(crate) use snapshot::{Registries, Snapshot};
 
 /// State shared by the proxy, the admin server and the reloader.
 #[derive(Debug)]
 pub(crate) struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    pub(crate) metrics: Arc<Metrics>,
-    /// Upstream clients, kept across reloads so warm connections survive.
-    pub(crate) clients: Clients,
-    /// Health of keys, kept across reloads so a rested key stays rested.
-    pub(crate) health: HealthRegistry,
+    /// Metrics, clients, key health and token caches: outlive snapshots.
+    pub(crate) reg: Registries,
     pub(crate) env: Arc<dyn Env>,
     pub(crate) source: ConfigSource,
     pub(crate) overrides: Overrides,
@@ -57,18 +52,14 @@ impl Shared {
     /// State serving `snapshot`.
     pub(crate) fn new(
         snapshot: Snapshot,
-        metrics: Arc<Metrics>,
-        clients: Clients,
-        health: HealthRegistry,
+        reg: Registries,
         env: Arc<dyn Env>,
         source: ConfigSource,
         overrides: Overrides,
     ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-            clients,
-            health,
+            reg,
             env,
             source,
             overrides,
@@ -80,16 +71,6 @@ impl Shared {
     /// The current snapshot. Call once per request and keep it.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
-    }
-
-    /// The long-lived state a snapshot is built with.
-    pub(crate) fn deps(&self) -> snapshot::Deps<'_> {
-        snapshot::Deps {
-            env: self.env.as_ref(),
-            metrics: &self.metrics,
-            clients: &self.clients,
-            health: &self.health,
-        }
     }
 
     /// Marks the process as shutting down.
@@ -115,7 +96,7 @@ impl Shared {
         let next = Config::load(&self.source, self.env.as_ref(), &self.overrides)
             .map_err(|e| e.to_string())
             .and_then(|config| {
-                Snapshot::build(config, self.deps())
+                Snapshot::build(config, self.env.as_ref(), &self.reg)
                     .map_err(|e| format!("{}: {e}", self.source.display_name()))
             })
             .and_then(|next| match next.new_problems(&current) {
@@ -131,7 +112,9 @@ impl Shared {
                     .unwrap_or_else(PoisonError::into_inner);
                 if last.as_deref() != Some(reason.as_str()) {
                     tracing::warn!(trigger, error = %reason, "reload rejected: still serving the previous config and keys");
-                    self.metrics.reload(ReloadResult::Error, started.elapsed());
+                    self.reg
+                        .metrics
+                        .reload(ReloadResult::Error, started.elapsed());
                     *last = Some(reason.clone());
                 }
                 return Outcome::Rejected(reason);
@@ -161,9 +144,9 @@ impl Shared {
         }
         let in_use = next.clients();
         self.snapshot.store(Arc::new(next));
-        self.clients.retain(&in_use);
-        self.health.prune();
-        self.metrics.reload(ReloadResult::Ok, started.elapsed());
+        self.reg.clients.retain(&in_use);
+        self.reg.health.prune();
+        self.reg.metrics.reload(ReloadResult::Ok, started.elapsed());
         tracing::info!(trigger, changes = %changes.join("; "), "reloaded");
         Outcome::Swapped
     }

@@ -19,19 +19,44 @@ use crate::credentials::resolve::{self, Unavailable};
 use crate::credentials::{HealthScope, KeySet, KeySpec, KeyValue, Location, Secret};
 use crate::env::Env;
 use crate::providers::Family;
+use crate::providers::vertex::{DEFAULT_LOCATION, VertexTarget};
 use crate::routes::{Route, RouteTable, Target, Targets};
+use crate::tokens::{Source, TokenRegistry};
 use crate::upstream::tls::TlsError;
 use crate::upstream::{Client, Clients};
 
-/// What building a snapshot uses besides the config: long-lived state that
-/// outlives snapshots, so a reload keeps warm connections, counters, and
-/// the rest of rejected keys.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deps<'a> {
-    pub(crate) env: &'a dyn Env,
-    pub(crate) metrics: &'a Metrics,
-    pub(crate) clients: &'a Clients,
-    pub(crate) health: &'a HealthRegistry,
+/// Long-lived state that outlives snapshots, so a reload keeps warm
+/// connections, counters, the rest of rejected keys, and token caches.
+#[derive(Debug)]
+pub(crate) struct Registries {
+    pub(crate) metrics: Arc<Metrics>,
+    /// Upstream clients, kept while their trust settings stay the same.
+    pub(crate) clients: Clients,
+    /// Health of keys, kept while a key's value stays the same.
+    pub(crate) health: HealthRegistry,
+    /// Vertex token caches, kept while their source stays the same.
+    pub(crate) tokens: TokenRegistry,
+}
+
+impl Registries {
+    /// For the proxy: token caches mint (their tasks need the runtime).
+    pub(crate) fn online() -> Self {
+        Self::with_tokens(TokenRegistry::online())
+    }
+
+    /// For `sidekey check`: nothing is minted and nothing is spawned.
+    pub(crate) fn offline() -> Self {
+        Self::with_tokens(TokenRegistry::offline())
+    }
+
+    fn with_tokens(tokens: TokenRegistry) -> Self {
+        Self {
+            metrics: Arc::new(Metrics::default()),
+            clients: Clients::default(),
+            health: HealthRegistry::default(),
+            tokens,
+        }
+    }
 }
 
 /// A snapshot could not be built (a CA file is bad). Credential problems are
@@ -98,28 +123,31 @@ impl Snapshot {
     /// # Errors
     ///
     /// [`BuildError`] when a route's TLS settings cannot be loaded.
-    pub(crate) fn build(config: Config, deps: Deps<'_>) -> Result<Self, BuildError> {
+    pub(crate) fn build(
+        config: Config,
+        env: &dyn Env,
+        reg: &Registries,
+    ) -> Result<Self, BuildError> {
         let mut problems = Vec::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
-            routes.push(build_route(rc, &config, deps, &mut problems)?);
+            routes.push(build_route(rc, &config, env, reg, &mut problems)?);
         }
-        let inbound_token =
-            config
-                .inbound_token
-                .as_ref()
-                .map(|loc| match read_token(loc, deps.env) {
-                    Ok(s) => InboundToken::Ready(s),
-                    Err(why) => {
-                        problems.push(Problem {
-                            key: "inbound_token".to_owned(),
-                            fatal: true,
-                            required: true,
-                            reasons: vec![why.clone()],
-                        });
-                        InboundToken::Missing(why)
-                    }
-                });
+        let inbound_token = config
+            .inbound_token
+            .as_ref()
+            .map(|loc| match read_token(loc, env) {
+                Ok(s) => InboundToken::Ready(s),
+                Err(why) => {
+                    problems.push(Problem {
+                        key: "inbound_token".to_owned(),
+                        fatal: true,
+                        required: true,
+                        reasons: vec![why.clone()],
+                    });
+                    InboundToken::Missing(why)
+                }
+            });
         let mut snap = Self {
             routes: RouteTable::new(routes),
             inbound_token,
@@ -147,6 +175,7 @@ impl Snapshot {
                 for key in keys.keys.iter() {
                     match &key.value {
                         KeyValue::Static { header, .. } => field(header.as_bytes()),
+                        KeyValue::Token { digest, .. } => field(digest),
                         KeyValue::Missing(why) => field(why.to_string().as_bytes()),
                         KeyValue::Dynamic(_) | KeyValue::None => field(b"-"),
                     }
@@ -176,19 +205,30 @@ impl Snapshot {
         (!new.is_empty()).then(|| format!("credential unavailable: {}", new.join("; ")))
     }
 
-    /// How many keys rest now, per route.
-    pub(crate) fn rested_keys(&self) -> Vec<(Arc<str>, usize)> {
+    /// What `/metrics` reads from the snapshot: keys resting now, and the
+    /// expiry of each token source's current token.
+    pub(crate) fn live_metrics(&self) -> crate::admin::metrics::Live {
         let now = crate::credentials::pool::now_ms();
-        self.routes
-            .iter_sorted()
-            .into_iter()
-            .map(|r| {
-                (
-                    r.name.clone(),
-                    r.key_sets().iter().map(|(_, k)| k.rested(now)).sum(),
-                )
-            })
-            .collect()
+        let mut live = crate::admin::metrics::Live::default();
+        for route in self.routes.iter_sorted() {
+            let sets = route.key_sets();
+            live.rested.push((
+                route.name.to_string(),
+                sets.iter().map(|(_, k)| k.rested(now)).sum(),
+            ));
+            for (_, set) in &sets {
+                for key in set.keys.iter() {
+                    if let KeyValue::Token { cache, .. } = &key.value {
+                        live.token_expiry.push((
+                            route.name.to_string(),
+                            key.location.to_string(),
+                            cache.expiry(),
+                        ));
+                    }
+                }
+            }
+        }
+        live
     }
 
     /// The upstream clients this snapshot uses.
@@ -247,11 +287,12 @@ fn read_token(loc: &Location, env: &dyn Env) -> Result<Secret, Unavailable> {
 fn build_route(
     rc: &RouteConfig,
     config: &Config,
-    deps: Deps<'_>,
+    env: &dyn Env,
+    reg: &Registries,
     problems: &mut Vec<Problem>,
 ) -> Result<Route, BuildError> {
     let cas: Vec<_> = config.ca_file.iter().chain(rc.ca_file.iter()).collect();
-    let client = deps
+    let client = reg
         .clients
         .get(&cas, config.limits.connect_timeout)
         .map_err(|source| BuildError::Tls {
@@ -260,29 +301,21 @@ fn build_route(
         })?;
     let prefix = rc.spec.auth.prefix();
     // Reads one credential setting and records what could not be read.
-    let mut resolve = |label: String, spec: &KeySpec, prefix: &str| {
+    let resolve = |label: String, spec: &KeySpec, prefix: &str, problems: &mut Vec<Problem>| {
         let scope = HealthScope {
-            registry: deps.health,
+            registry: &reg.health,
             route: &rc.name,
             label: &label,
         };
-        let set = KeySet::resolve(spec, prefix, deps.env, &scope);
-        let reasons: Vec<_> = set.missing().cloned().collect();
-        if !reasons.is_empty() {
-            problems.push(Problem {
-                key: format!("routes.{}.{label}", rc.name),
-                fatal: set.all_missing(),
-                required: rc.required,
-                reasons,
-            });
-        }
+        let set = KeySet::resolve(spec, prefix, env, &scope);
+        note_missing(problems, rc, &label, &set);
         set
     };
     let targets = match rc.spec.family {
         Family::ApiKey => match &rc.upstream {
             Some(upstream) => Targets::One(Target {
                 upstream: upstream.clone(),
-                keys: resolve("key".to_owned(), &rc.key, prefix),
+                keys: resolve("key".to_owned(), &rc.key, prefix, problems),
             }),
             // Config validation requires an upstream for this family.
             None => Targets::Unsupported("no upstream configured"),
@@ -290,7 +323,12 @@ fn build_route(
         Family::Azure => {
             let mut deployments = HashMap::with_capacity(rc.deployments.len());
             for d in &rc.deployments {
-                let keys = resolve(format!("deployments.{}.key", d.name), &d.key, prefix);
+                let keys = resolve(
+                    format!("deployments.{}.key", d.name),
+                    &d.key,
+                    prefix,
+                    problems,
+                );
                 deployments.insert(
                     Box::from(d.name.as_str()),
                     Target {
@@ -301,22 +339,25 @@ fn build_route(
             }
             let default = rc.upstream.as_ref().map(|upstream| Target {
                 upstream: upstream.clone(),
-                keys: resolve("key".to_owned(), &rc.key, prefix),
+                keys: resolve("key".to_owned(), &rc.key, prefix, problems),
             });
             Targets::Azure {
                 deployments,
                 default,
             }
         }
-        Family::Vertex => {
-            Targets::Unsupported("Vertex AI OAuth2 token minting is not implemented yet")
-        }
+        Family::Vertex => Targets::Vertex(vertex_target(rc, env, reg, &client, problems)),
         Family::Aws => Targets::Unsupported("AWS SigV4 signing is not implemented yet"),
     };
     let headers = rc
         .headers
         .iter()
-        .map(|(name, spec)| (name.clone(), resolve(format!("headers.{name}"), spec, "")))
+        .map(|(name, spec)| {
+            (
+                name.clone(),
+                resolve(format!("headers.{name}"), spec, "", problems),
+            )
+        })
         .collect();
     Ok(Route {
         name: Arc::from(rc.name.as_str()),
@@ -328,8 +369,72 @@ fn build_route(
             .as_ref()
             .map(|m| m.iter().map(|s| Box::from(s.as_str())).collect()),
         client,
-        metrics: deps.metrics.route(&rc.name),
+        metrics: reg.metrics.route(&rc.name),
     })
+}
+
+/// Records the keys of `set` that could not be read.
+fn note_missing(problems: &mut Vec<Problem>, rc: &RouteConfig, label: &str, set: &KeySet) {
+    let reasons: Vec<_> = set.missing().cloned().collect();
+    if !reasons.is_empty() {
+        problems.push(Problem {
+            key: format!("routes.{}.{label}", rc.name),
+            fatal: set.all_missing(),
+            required: rc.required,
+            reasons,
+        });
+    }
+}
+
+fn vertex_target(
+    rc: &RouteConfig,
+    env: &dyn Env,
+    reg: &Registries,
+    client: &Client,
+    problems: &mut Vec<Problem>,
+) -> VertexTarget {
+    let settings = rc
+        .vertex
+        .clone()
+        .unwrap_or_else(|| crate::config::VertexConfig {
+            credentials: KeySpec::single(Location::None),
+            project: None,
+            location: None,
+        });
+    let label = "credentials";
+    let scope = HealthScope {
+        registry: &reg.health,
+        route: &rc.name,
+        label,
+    };
+    let metrics = reg.metrics.route(&rc.name);
+    let keys = KeySet::resolve_tokens(
+        &settings.credentials,
+        env,
+        &scope,
+        &reg.tokens,
+        client,
+        &metrics,
+    );
+    note_missing(problems, rc, label, &keys);
+    // The project defaults to the first service account's.
+    let project = settings.project.or_else(|| {
+        keys.keys.iter().find_map(|k| match &k.value {
+            KeyValue::Token { cache, .. } => match cache.source() {
+                Source::Account(sa) => sa.project_id.clone(),
+                Source::Metadata { .. } => None,
+            },
+            _ => None,
+        })
+    });
+    VertexTarget {
+        keys,
+        project,
+        location: settings
+            .location
+            .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
+        upstream: rc.upstream.clone(),
+    }
 }
 
 /// What changed between two snapshots, for the reload log line: routes added
@@ -387,7 +492,9 @@ pub(crate) fn describe_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
 
 fn fingerprint_of(value: &KeyValue) -> String {
     match value {
-        KeyValue::Static { fingerprint, .. } => fingerprint.to_string(),
+        KeyValue::Static { fingerprint, .. } | KeyValue::Token { fingerprint, .. } => {
+            fingerprint.to_string()
+        }
         KeyValue::Dynamic(_) => "dynamic".to_owned(),
         KeyValue::None => "none".to_owned(),
         KeyValue::Missing(_) => "missing".to_owned(),

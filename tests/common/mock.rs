@@ -60,6 +60,8 @@ pub enum Reply {
     },
     /// Never answer (for timeouts).
     Hang,
+    /// Wait, then answer.
+    After(Duration, Box<Reply>),
 }
 
 impl Reply {
@@ -88,6 +90,7 @@ type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 fn is_error(reply: &Reply) -> bool {
     match reply {
         Reply::Full { status, .. } | Reply::Stream { status, .. } => *status >= 400,
+        Reply::After(_, reply) => is_error(reply),
         Reply::Hang => false,
     }
 }
@@ -267,6 +270,11 @@ async fn serve(
         }
         resp
     };
+    let mut reply = reply;
+    while let Reply::After(wait, inner) = reply {
+        tokio::time::sleep(wait).await;
+        reply = *inner;
+    }
     Ok(match reply {
         Reply::Full {
             status,
@@ -302,5 +310,6 @@ async fn serve(
             std::future::pending::<()>().await;
             unreachable!()
         }
+        Reply::After(..) => unreachable!("unwrapped above"),
     })
 }

@@ -20,6 +20,7 @@
 #![allow(unreachable_pub, missing_docs, reason = "test helpers")]
 
 pub mod client;
+pub mod google;
 pub mod kubelet;
 pub mod mock;
 pub mod process;

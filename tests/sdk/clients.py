@@ -83,7 +83,35 @@ def gemini_case():
     report("gemini-stream", "".join(parts), len([p for p in parts if p]))
 
 
-CASES = {"openai": openai_case, "azure": azure_case, "anthropic": anthropic_case, "gemini": gemini_case}
+def vertex_case():
+    # google-genai in Vertex mode: base_url at sidekey, and a dummy OAuth
+    # token (sidekey replaces it with one minted from its service account).
+    import google.oauth2.credentials
+    from google import genai
+    from google.genai import types
+
+    global EXPECTED
+    EXPECTED = "hello from vertex"
+    client = genai.Client(
+        vertexai=True,
+        project="proj",
+        location="us-central1",
+        credentials=google.oauth2.credentials.Credentials(token="sidekey"),
+        http_options=types.HttpOptions(base_url=f"{URL}/vertex"),
+    )
+    r = client.models.generate_content(model="gemini-2.0-flash", contents="hi")
+    report("vertex", r.text, 1)
+    parts = [c.text or "" for c in client.models.generate_content_stream(model="gemini-2.0-flash", contents="hi")]
+    report("vertex-stream", "".join(parts), len([p for p in parts if p]))
+
+
+CASES = {
+    "openai": openai_case,
+    "azure": azure_case,
+    "anthropic": anthropic_case,
+    "gemini": gemini_case,
+    "vertex": vertex_case,
+}
 
 if __name__ == "__main__":
     CASES[sys.argv[1]]()

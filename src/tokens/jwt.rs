@@ -1,0 +1,247 @@
+//! Service-account JSON and the signed assertion of the JWT bearer grant.
+//!
+//! design.md, "Vertex AI tokens": the access token is minted by POSTing a
+//! JWT signed with the service account's private key (RS256) to the JSON's
+//! `token_uri` (RFC 7523). The key is parsed and checked once, when the
+//! snapshot is built (`sidekey check` fails on a key that does not load);
+//! signing uses `ring`, the crypto provider rustls already uses, so no second
+//! crypto stack enters the build.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+use zeroize::Zeroizing;
+
+use crate::credentials::Fingerprint;
+
+/// The OAuth2 scope Vertex AI needs.
+pub(crate) const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// How long an assertion is valid; Google caps it at one hour.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Why a service-account JSON cannot be used. Never contains key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AccountError {
+    #[error("is not a service-account JSON: {0}")]
+    Json(String),
+    #[error("has type {0:?}; expected \"service_account\"")]
+    WrongType(String),
+    #[error("private_key is not a PEM PKCS#8 RSA key (value not shown)")]
+    Key,
+    #[error("could not sign the token request")]
+    Sign,
+}
+
+/// The fields sidekey uses from a service-account JSON.
+#[derive(serde::Deserialize)]
+struct AccountJson {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    client_email: String,
+    private_key: Zeroizing<String>,
+    private_key_id: Option<String>,
+    token_uri: Option<String>,
+    project_id: Option<String>,
+}
+
+/// A parsed service account with its key loaded.
+pub(crate) struct ServiceAccount {
+    pub(crate) client_email: String,
+    pub(crate) project_id: Option<String>,
+    pub(crate) token_uri: String,
+    key_id: Option<String>,
+    key: RsaKeyPair,
+    /// Of the whole JSON, for logs.
+    pub(crate) fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccount")
+            .field("client_email", &self.client_email)
+            .field("project_id", &self.project_id)
+            .field("token_uri", &self.token_uri)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceAccount {
+    /// Parses a service-account JSON and loads its private key.
+    ///
+    /// # Errors
+    ///
+    /// [`AccountError`] naming what is wrong, never showing the key.
+    pub(crate) fn parse(json: &[u8]) -> Result<Self, AccountError> {
+        // serde_json's message names a position, never the value.
+        let raw: AccountJson =
+            serde_json::from_slice(json).map_err(|e| AccountError::Json(e.to_string()))?;
+        if let Some(ty) = raw.ty.as_deref()
+            && ty != "service_account"
+        {
+            return Err(AccountError::WrongType(ty.to_owned()));
+        }
+        let der = PrivateKeyDer::from_pem_slice(raw.private_key.as_bytes())
+            .map_err(|_| AccountError::Key)?;
+        let key = match &der {
+            PrivateKeyDer::Pkcs8(pkcs8) => {
+                RsaKeyPair::from_pkcs8(pkcs8.secret_pkcs8_der()).map_err(|_| AccountError::Key)?
+            }
+            _ => return Err(AccountError::Key),
+        };
+        Ok(Self {
+            client_email: raw.client_email,
+            project_id: raw.project_id,
+            token_uri: raw
+                .token_uri
+                .unwrap_or_else(|| "https://oauth2.googleapis.com/token".to_owned()),
+            key_id: raw.private_key_id,
+            key,
+            fingerprint: Fingerprint::of(json),
+        })
+    }
+
+    /// The signed JWT asserting this account, issued now.
+    ///
+    /// # Errors
+    ///
+    /// [`AccountError::Sign`] if signing fails (it does not for a key that loaded).
+    pub(crate) fn assertion(&self, now: SystemTime) -> Result<String, AccountError> {
+        let iat = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        #[derive(serde::Serialize)]
+        struct Header<'a> {
+            alg: &'static str,
+            typ: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kid: Option<&'a str>,
+        }
+        let header = serde_json::to_string(&Header {
+            alg: "RS256",
+            typ: "JWT",
+            kid: self.key_id.as_deref(),
+        })
+        .map_err(|_| AccountError::Sign)?;
+        let claims = serde_json::json!({
+            "iss": self.client_email,
+            "scope": SCOPE,
+            "aud": self.token_uri,
+            "iat": iat,
+            "exp": iat + ASSERTION_LIFETIME.as_secs(),
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut signature = vec![0; self.key.public().modulus_len()];
+        self.key
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                signing_input.as_bytes(),
+                &mut signature,
+            )
+            .map_err(|_| AccountError::Sign)?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature)
+        ))
+    }
+
+    /// The form body of the token request (RFC 7523 §2.1).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::assertion`].
+    pub(crate) fn token_request_body(&self, now: SystemTime) -> Result<String, AccountError> {
+        Ok(format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
+            self.assertion(now)?
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2048-bit test key (generated for this test only, never used anywhere).
+    fn test_key_pem() -> String {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .expect("openssl is needed to generate a test RSA key");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn parses_signs_and_verifies() {
+        let pem = test_key_pem();
+        let json = serde_json::json!({
+            "type": "service_account",
+            "project_id": "proj",
+            "private_key_id": "kid-1",
+            "private_key": pem,
+            "client_email": "sa@proj.iam.gserviceaccount.com",
+            "token_uri": "https://oauth2.example/token",
+        })
+        .to_string();
+        let sa = ServiceAccount::parse(json.as_bytes()).unwrap();
+        assert_eq!(sa.project_id.as_deref(), Some("proj"));
+        let jwt = sa.assertion(SystemTime::now()).unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(claims["aud"], "https://oauth2.example/token");
+        assert_eq!(claims["scope"], SCOPE);
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header["kid"], "kid-1");
+        let public = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            sa.key.public().as_ref().to_vec(),
+        );
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        public
+            .verify(
+                signed.as_bytes(),
+                &URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+            )
+            .unwrap();
+        assert!(
+            !format!("{sa:?}").contains("PRIVATE"),
+            "Debug shows key material"
+        );
+    }
+
+    #[test]
+    fn errors_never_show_the_key() {
+        let json = r#"{"type":"service_account","client_email":"a@b","private_key":"-----BEGIN PRIVATE KEY-----\nnotakey\n-----END PRIVATE KEY-----\n"}"#;
+        let err = ServiceAccount::parse(json.as_bytes()).unwrap_err();
+        assert_eq!(err, AccountError::Key);
+        assert!(!err.to_string().contains("notakey"));
+        assert!(matches!(
+            ServiceAccount::parse(b"{}"),
+            Err(AccountError::Json(_))
+        ));
+        let user = r#"{"type":"authorized_user","client_email":"a","private_key":"x"}"#;
+        assert_eq!(
+            ServiceAccount::parse(user.as_bytes()).unwrap_err(),
+            AccountError::WrongType("authorized_user".into())
+        );
+    }
+}
