@@ -33,11 +33,19 @@ fn main() -> ExitCode {
             return ExitCode::from(sidekey::check::EXIT_CONFIG);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, without the work-stealing
+    // scheduler's cross-thread machinery (the common sidecar with a 1-CPU
+    // limit). More: the multi-thread scheduler, one worker per CPU by default.
+    let mut runtime = match cli.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all().thread_name("sidekey");
-    if let Some(n) = cli.worker_threads {
-        runtime.worker_threads(n.max(1));
-    }
     let runtime = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -157,6 +157,7 @@ async fn sigterm_drains_and_exits_zero() {
         ),
     )
     .unwrap();
+    // One worker thread: the single-threaded runtime a sidecar runs.
     let proc = spawn(
         &[
             "--config",
@@ -165,6 +166,8 @@ async fn sigterm_drains_and_exits_zero() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--worker-threads",
+            "1",
         ],
         &[],
     )
