@@ -101,6 +101,9 @@ pub(crate) struct Limits {
     /// response chunks: a stream is not cut while bytes flow.
     pub(crate) request_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
+    /// Requests in flight on one upstream connection before another is
+    /// opened (HTTP/2 servers cap concurrent streams per connection).
+    pub(crate) upstream_streams_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -110,6 +113,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(600),
             header_read_timeout: Duration::from_secs(10),
+            upstream_streams_per_connection: 100,
         }
     }
 }
@@ -474,6 +478,17 @@ impl Cx<'_> {
                 "limits.header_read_timeout",
                 d.header_read_timeout,
             )?,
+            upstream_streams_per_connection: match &l.upstream_streams_per_connection {
+                None => d.upstream_streams_per_connection,
+                Some(v) if *v.get_ref() == 0 => {
+                    return Err(self.at(
+                        v,
+                        "limits.upstream_streams_per_connection",
+                        "must be at least 1",
+                    ));
+                }
+                Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
+            },
         };
         for (v, key, value) in [
             (

@@ -44,6 +44,7 @@ pub(crate) struct LimitsToml {
     pub(crate) connect_timeout: Option<Spanned<String>>,
     pub(crate) request_timeout: Option<Spanned<String>>,
     pub(crate) header_read_timeout: Option<Spanned<String>>,
+    pub(crate) upstream_streams_per_connection: Option<Spanned<u64>>,
 }
 
 /// `[shutdown]`.

@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::admin::metrics::RouteMetrics;
 use crate::credentials::Fingerprint;
+use crate::upstream::LaneGuard;
 
 /// The error type of response bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -66,6 +67,9 @@ pub(crate) struct Done {
     /// sidekey's own error message, when sidekey answered.
     pub(crate) error: Option<String>,
     pub(crate) outcome: Outcome,
+    /// The response's place on its upstream connection: freed with the record.
+    #[allow(dead_code, reason = "held for its Drop, which frees the place")]
+    pub(crate) lane: Option<LaneGuard>,
 }
 
 impl Drop for Done {

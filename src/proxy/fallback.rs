@@ -30,7 +30,7 @@ use crate::error::ProxyError;
 use crate::providers::{self, Rejects, Verdict};
 use crate::routes::Route;
 use crate::tokens::Token;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{LaneGuard, UpstreamBody};
 
 /// How much of an error answer is read to classify it.
 const PEEK_LIMIT: usize = 64 << 10;
@@ -58,6 +58,8 @@ pub(crate) struct Answer {
     pub(crate) attempts: u8,
     /// The fingerprint of the credential the final attempt carried.
     pub(crate) fingerprint: Option<crate::credentials::Fingerprint>,
+    /// The response's place on its upstream connection, held until the body ends.
+    pub(crate) lane: LaneGuard,
 }
 
 /// How the body is sent again.
@@ -160,7 +162,7 @@ pub(crate) async fn send(
             *attempt.uri_mut() = uri.clone();
             *attempt.headers_mut() = attempt_headers;
 
-            let mut response =
+            let (mut response, lane) =
                 super::forward::send(route, host, attempt, config.limits.request_timeout).await?;
             let status = response.status();
             let mut prefix = VecDeque::new();
@@ -176,6 +178,7 @@ pub(crate) async fn send(
                 prefix,
                 attempts,
                 fingerprint,
+                lane,
             };
             let wants_another = match verdict {
                 Verdict::Accepted => {

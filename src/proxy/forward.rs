@@ -4,7 +4,9 @@
 //! A refused or failing connection is a fast 502 naming the route and the
 //! upstream host (never the path or query, which may carry a key); no response
 //! head within `limits.request_timeout` is a 504. Once a head has arrived the
-//! request is the provider's answer, whatever its status.
+//! request is the provider's answer, whatever its status. The returned guard
+//! holds the request's place on its upstream connection until the response
+//! body ends.
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::routes::Route;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{LaneGuard, UpstreamBody};
 
 /// Sends `req` through the route's client.
 ///
@@ -26,9 +28,10 @@ pub(crate) async fn send(
     host: &str,
     req: Request<UpstreamBody>,
     timeout: Duration,
-) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(timeout, route.client.request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
+) -> Result<(Response<Incoming>, LaneGuard), ProxyError> {
+    let (response, lane) = route.client.request(req);
+    match tokio::time::timeout(timeout, response).await {
+        Ok(Ok(resp)) => Ok((resp, lane)),
         Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
             route: route.name.to_string(),
             upstream: host.to_owned(),

@@ -58,7 +58,7 @@ pub(crate) async fn handle(
 
     let result = handle_inner(&snap, &uri, parts, body, &mut cx).await;
 
-    let done = |status, error| Done {
+    let done = |status, error, lane| Done {
         metrics: cx
             .metrics
             .take()
@@ -71,6 +71,7 @@ pub(crate) async fn handle(
         attempts: cx.attempts,
         error,
         outcome: Outcome::ClientClosed,
+        lane,
     };
     Ok(match result {
         Ok(answer) => {
@@ -81,7 +82,7 @@ pub(crate) async fn handle(
                 answer.prefix,
                 body,
                 snap.config.limits.request_timeout,
-                done(parts.status, None),
+                done(parts.status, None, Some(answer.lane)),
             );
             Response::from_parts(parts, body)
         }
@@ -89,7 +90,7 @@ pub(crate) async fn handle(
             let message = err.to_string();
             let resp = err.into_response::<bytes::Bytes>();
             let status = resp.status();
-            resp.map(|bytes| ResponseBody::local(bytes, done(status, Some(message))))
+            resp.map(|bytes| ResponseBody::local(bytes, done(status, Some(message), None)))
         }
     })
 }

@@ -294,7 +294,11 @@ fn build_route(
     let cas: Vec<_> = config.ca_file.iter().chain(rc.ca_file.iter()).collect();
     let client = reg
         .clients
-        .get(&cas, config.limits.connect_timeout)
+        .get(
+            &cas,
+            config.limits.connect_timeout,
+            config.limits.upstream_streams_per_connection,
+        )
         .map_err(|source| BuildError::Tls {
             route: rc.name.clone(),
             source,

@@ -352,7 +352,9 @@ impl Refresher {
             .authority()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let resp = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(req))
+        // The lane guard lives to the end of this function: past the body read.
+        let (response, _lane) = self.client.request(req);
+        let resp = tokio::time::timeout(FETCH_TIMEOUT, response)
             .await
             .map_err(|_| {
                 format!(

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub(crate) use body::UpstreamBody;
-pub(crate) use client::Client;
+pub(crate) use client::{Client, LaneGuard};
 use tls::TlsError;
 
 /// What distinguishes one client from another.
@@ -27,6 +27,7 @@ struct ClientKey {
     /// Digest of the extra CA certificates (empty when none).
     cas: Vec<u8>,
     connect_timeout: Duration,
+    per_lane: usize,
 }
 
 /// The clients in use, keyed by trust settings and connect timeout.
@@ -47,11 +48,13 @@ impl Clients {
         &self,
         ca_files: &[&PathBuf],
         connect_timeout: Duration,
+        per_lane: usize,
     ) -> Result<Client, TlsError> {
         let cas = tls::read_cas(ca_files)?;
         let key = ClientKey {
             cas: tls::digest(&cas),
             connect_timeout,
+            per_lane,
         };
         // Never held across an await; only snapshot builds take it.
         let mut cache = self
@@ -63,7 +66,8 @@ impl Clients {
         }
         let mut id = key.cas.clone();
         id.extend_from_slice(&connect_timeout.as_nanos().to_be_bytes());
-        let client = Client::new(tls::client_config(&cas)?, connect_timeout, id);
+        id.extend_from_slice(&per_lane.to_be_bytes());
+        let client = Client::new(tls::client_config(&cas)?, connect_timeout, per_lane, id);
         cache.insert(key, client.clone());
         Ok(client)
     }

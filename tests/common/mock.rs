@@ -118,6 +118,9 @@ pub enum Transport<'a> {
     Tls(&'a TestPki),
     /// TLS offering only http/1.1.
     TlsH1(&'a TestPki),
+    /// TLS with ALPN h2 + http/1.1, allowing this many concurrent HTTP/2
+    /// streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    TlsH2Streams(&'a TestPki, u32),
     /// Plain HTTP (in-cluster style).
     Plain,
 }
@@ -149,8 +152,14 @@ impl Mock {
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let max_streams = match transport {
+            Transport::TlsH2Streams(_, n) => Some(n),
+            _ => None,
+        };
         let (acceptor, scheme) = match transport {
-            Transport::Tls(pki) => (Some(TlsAcceptor::from(pki.server.clone())), "https"),
+            Transport::Tls(pki) | Transport::TlsH2Streams(pki, _) => {
+                (Some(TlsAcceptor::from(pki.server.clone())), "https")
+            }
             Transport::TlsH1(pki) => (Some(TlsAcceptor::from(pki.server_h1.clone())), "https"),
             Transport::Plain => (None, "http"),
         };
@@ -174,7 +183,10 @@ impl Mock {
                     let svc = service_fn(move |req| {
                         serve(req, early, handler.clone(), reqs.clone(), sent.clone())
                     });
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    if let Some(n) = max_streams {
+                        builder.http2().max_concurrent_streams(n);
+                    }
                     match acceptor {
                         Some(acceptor) => {
                             let Ok(tls) = acceptor.accept(stream).await else {
