@@ -60,6 +60,16 @@ fn route(name: &str, upstream: &str, key: &str) -> String {
     format!("[routes.{name}]\ntype = \"openai\"\nupstream = \"{upstream}\"\nkey = {key}\n")
 }
 
+/// The `provider` mock over plain HTTP behind one openai route named
+/// `openai` with `key`; `prefix` goes before the route in the config.
+async fn openai_route(prefix: &str, key: &str, env: MapEnv) -> (tempfile::TempDir, Mock, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(Transport::Plain, provider).await;
+    let config = format!("{prefix}{}", route("openai", &mock.url, key));
+    let sidekey = start_in(dir.path(), &config, env).await;
+    (dir, mock, sidekey)
+}
+
 async fn metric(sidekey: &Running, prefix: &str) -> f64 {
     let text = client::get(&sidekey.admin_url("/metrics")).await.text();
     text.lines()
@@ -260,16 +270,9 @@ async fn early_rejection_then_replay_continues_from_the_client_stream() {
 
 #[tokio::test]
 async fn a_stream_after_a_failover_arrives_incrementally() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start(Transport::Plain, provider).await;
-    let config = route(
-        "openai",
-        &mock.url,
+    let (_dir, mock, sidekey) = openai_route(
+        "",
         "{ default = \"env::BAD\", fallback = \"env::GOOD\" }",
-    );
-    let sidekey = start_in(
-        dir.path(),
-        &config,
         MapEnv::new([("BAD", "sk-bad-s"), ("GOOD", "sk-good-s")]),
     )
     .await;
@@ -295,16 +298,9 @@ async fn a_stream_after_a_failover_arrives_incrementally() {
 
 #[tokio::test]
 async fn when_every_key_is_rejected_the_client_gets_the_last_answer_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start(Transport::Plain, provider).await;
-    let config = route(
-        "openai",
-        &mock.url,
+    let (_dir, mock, sidekey) = openai_route(
+        "",
         "{ default = \"env::A\", fallback = \"env::B\" }",
-    );
-    let sidekey = start_in(
-        dir.path(),
-        &config,
         MapEnv::new([("A", "sk-bad-a"), ("B", "sk-bad-b")]),
     )
     .await;
@@ -435,19 +431,9 @@ async fn rotating_a_rested_key_ends_its_rest_at_once() {
 
 #[tokio::test]
 async fn a_body_over_the_replay_limit_is_forwarded_without_retry() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start(Transport::Plain, provider).await;
-    let config = format!(
-        "[limits]\nmax_replay_body = \"64KiB\"\n{}",
-        route(
-            "openai",
-            &mock.url,
-            "{ default = \"env::BAD\", fallback = \"env::GOOD\" }"
-        )
-    );
-    let sidekey = start_in(
-        dir.path(),
-        &config,
+    let (_dir, mock, sidekey) = openai_route(
+        "[limits]\nmax_replay_body = \"64KiB\"\n",
+        "{ default = \"env::BAD\", fallback = \"env::GOOD\" }",
         MapEnv::new([("BAD", "sk-bad-big"), ("GOOD", "sk-good-big")]),
     )
     .await;
@@ -573,14 +559,12 @@ async fn a_429_in_a_pool_rests_the_key_for_retry_after_and_moves_on() {
 
 #[tokio::test]
 async fn a_missing_or_rejected_dynamic_credential_falls_back_to_the_static_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start(Transport::Plain, provider).await;
-    let config = route(
-        "openai",
-        &mock.url,
+    let (_dir, mock, sidekey) = openai_route(
+        "",
         "{ default = \"dynamic::tenant\", fallback = \"env::STATIC\" }",
-    );
-    let sidekey = start_in(dir.path(), &config, MapEnv::new([("STATIC", "sk-static")])).await;
+        MapEnv::new([("STATIC", "sk-static")]),
+    )
+    .await;
     let call = |tenant: Option<&'static str>| {
         let url = sidekey.url("/openai/v1/x");
         async move {

@@ -254,22 +254,17 @@ async fn official_sdks_work_through_sidekey() {
 
 #[tokio::test]
 async fn google_genai_in_vertex_mode_works_through_sidekey() {
-    use common::google::{Account, Tokens, token_endpoint, vertex_endpoint};
+    use common::google::{Account, Tokens, VertexOverTls, vertex_over_tls};
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
     let tokens = Tokens::new(3600);
     let account = Account::generate("sdk@proj.iam.gserviceaccount.com", "proj");
     tokens.trust(&account);
-    let (_token_mock, token_uri) = token_endpoint(Transport::Tls(&pki), tokens.clone()).await;
-    let vertex = vertex_endpoint(Transport::Tls(&pki), tokens.clone()).await;
-    let sa = dir.path().join("sa.json");
-    std::fs::write(&sa, account.json(&token_uri)).unwrap();
-    let config = format!(
-        "ca_file = \"{}\"\n[routes.vertex]\ntype = \"vertex\"\nupstream = \"{}\"\ncredentials = \"path::{}\"\n",
-        pki.ca_file.display(),
-        vertex.url,
-        sa.display()
-    );
+    let VertexOverTls {
+        token_mock: _token_mock,
+        vertex,
+        config,
+    } = vertex_over_tls(dir.path(), &pki, &tokens, &account).await;
     let sidekey = start_in(dir.path(), &config, MapEnv::default()).await;
     let calls = run_case("vertex", &sidekey.url("")).await;
     assert_eq!(calls.len(), 2, "{calls:?}");

@@ -20,7 +20,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::client::{self, Resp};
-use common::google::{Account, Tokens, metadata_server, token_endpoint, vertex_endpoint};
+use common::google::{
+    Account, Tokens, VertexOverTls, metadata_server, token_endpoint, vertex_endpoint,
+    vertex_over_tls,
+};
 use common::kubelet::SecretVolume;
 use common::mock::Transport;
 use common::sidekey::{Running, start_in};
@@ -90,16 +93,11 @@ async fn one_hundred_concurrent_first_requests_share_one_token_request() {
     tokens.delay_ms.store(500, Ordering::Relaxed);
     let account = Account::generate("first@proj.iam.gserviceaccount.com", "proj");
     tokens.trust(&account);
-    let (_token_mock, token_uri) = token_endpoint(Transport::Tls(&pki), tokens.clone()).await;
-    let vertex = vertex_endpoint(Transport::Tls(&pki), tokens.clone()).await;
-    let sa = dir.path().join("sa.json");
-    std::fs::write(&sa, account.json(&token_uri)).unwrap();
-    let config = format!(
-        "ca_file = \"{}\"\n[routes.vertex]\ntype = \"vertex\"\nupstream = \"{}\"\ncredentials = \"path::{}\"\n",
-        pki.ca_file.display(),
-        vertex.url,
-        sa.display()
-    );
+    let VertexOverTls {
+        token_mock: _token_mock,
+        vertex,
+        config,
+    } = vertex_over_tls(dir.path(), &pki, &tokens, &account).await;
     let sidekey = Arc::new(start_in(dir.path(), &config, MapEnv::default()).await);
     let tasks: Vec<_> = (0..100)
         .map(|_| {

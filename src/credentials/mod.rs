@@ -268,63 +268,30 @@ impl KeySet {
         let mut probes = 0;
         for key in self.keys.iter().cycle().skip(start).take(n) {
             let location = &key.location;
-            match &key.value {
+            let (chosen, health) = match &key.value {
                 KeyValue::Static {
                     header,
                     fingerprint,
                     health,
-                } => {
-                    let candidate = Candidate {
-                        chosen: Chosen::Static {
-                            header,
-                            fingerprint: *fingerprint,
-                        },
-                        health: Some(health),
-                        location,
-                    };
-                    // A single key is never rested out of use: there is no other.
-                    let standing = if n == 1 {
-                        Standing::Healthy
-                    } else {
-                        health.standing(now, probe_window)
-                    };
-                    match standing {
-                        Standing::Healthy => usable.push(candidate),
-                        Standing::Probe => {
-                            usable.insert(probes, candidate);
-                            probes += 1;
-                        }
-                        Standing::Rested(until) => resting.push((until, candidate)),
-                    }
-                }
+                } => (
+                    Chosen::Static {
+                        header,
+                        fingerprint: *fingerprint,
+                    },
+                    health,
+                ),
                 KeyValue::Token {
                     cache,
                     fingerprint,
                     health,
                     ..
-                } => {
-                    let candidate = Candidate {
-                        chosen: Chosen::Token {
-                            cache,
-                            fingerprint: *fingerprint,
-                        },
-                        health: Some(health),
-                        location,
-                    };
-                    let standing = if n == 1 {
-                        Standing::Healthy
-                    } else {
-                        health.standing(now, probe_window)
-                    };
-                    match standing {
-                        Standing::Healthy => usable.push(candidate),
-                        Standing::Probe => {
-                            usable.insert(probes, candidate);
-                            probes += 1;
-                        }
-                        Standing::Rested(until) => resting.push((until, candidate)),
-                    }
-                }
+                } => (
+                    Chosen::Token {
+                        cache,
+                        fingerprint: *fingerprint,
+                    },
+                    health,
+                ),
                 KeyValue::Dynamic(name) => {
                     if let Some(mut v) = headers.remove(name.header()) {
                         v.set_sensitive(true);
@@ -334,13 +301,36 @@ impl KeySet {
                             location,
                         });
                     }
+                    continue;
                 }
-                KeyValue::None => usable.push(Candidate {
-                    chosen: Chosen::Nothing,
-                    health: None,
-                    location,
-                }),
-                KeyValue::Missing(_) => {}
+                KeyValue::None => {
+                    usable.push(Candidate {
+                        chosen: Chosen::Nothing,
+                        health: None,
+                        location,
+                    });
+                    continue;
+                }
+                KeyValue::Missing(_) => continue,
+            };
+            let candidate = Candidate {
+                chosen,
+                health: Some(health),
+                location,
+            };
+            // A single key is never rested out of use: there is no other.
+            let standing = if n == 1 {
+                Standing::Healthy
+            } else {
+                health.standing(now, probe_window)
+            };
+            match standing {
+                Standing::Healthy => usable.push(candidate),
+                Standing::Probe => {
+                    usable.insert(probes, candidate);
+                    probes += 1;
+                }
+                Standing::Rested(until) => resting.push((until, candidate)),
             }
         }
         resting.sort_by_key(|(until, _)| *until);

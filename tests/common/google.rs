@@ -5,6 +5,7 @@
 //! metadata server.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::time::Instant;
 
 use super::mock::{Mock, Recorded, Reply, Transport};
+use super::tls::TestPki;
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
@@ -270,6 +272,38 @@ pub async fn vertex_endpoint(transport: Transport<'_>, tokens: Arc<Tokens>) -> M
         }
     })
     .await
+}
+
+/// A token endpoint and a Vertex endpoint over TLS, both answering through
+/// `tokens`; `account`'s JSON (pointing at that token endpoint) written to
+/// `dir/sa.json`; and a config with one `vertex` route using it.
+pub struct VertexOverTls {
+    pub token_mock: Mock,
+    pub vertex: Mock,
+    pub config: String,
+}
+
+pub async fn vertex_over_tls(
+    dir: &Path,
+    pki: &TestPki,
+    tokens: &Arc<Tokens>,
+    account: &Account,
+) -> VertexOverTls {
+    let (token_mock, token_uri) = token_endpoint(Transport::Tls(pki), tokens.clone()).await;
+    let vertex = vertex_endpoint(Transport::Tls(pki), tokens.clone()).await;
+    let sa = dir.join("sa.json");
+    std::fs::write(&sa, account.json(&token_uri)).unwrap();
+    let config = format!(
+        "ca_file = \"{}\"\n[routes.vertex]\ntype = \"vertex\"\nupstream = \"{}\"\ncredentials = \"path::{}\"\n",
+        pki.ca_file.display(),
+        vertex.url,
+        sa.display()
+    );
+    VertexOverTls {
+        token_mock,
+        vertex,
+        config,
+    }
 }
 
 /// A GKE metadata server issuing tokens through `tokens` for `account`.
