@@ -187,6 +187,8 @@ async fn a_broken_config_keeps_the_last_good_one_until_fixed() {
     let missing = format!("path::{}", dir.path().join("nope/key").display());
     let broken = [
         ("bad TOML", "[routes.openai\ntype = \"openai\"\n".to_owned()),
+        // Caught between the truncation and the write.
+        ("an empty file", String::new()),
         (
             "unknown provider type",
             good.replace("openai-compatible", "opneai"),
@@ -197,10 +199,12 @@ async fn a_broken_config_keeps_the_last_good_one_until_fixed() {
         ),
     ];
     for (i, (what, text)) in broken.iter().enumerate() {
-        write_in_place(
-            &sidekey.config_path,
-            &common::sidekey::with_ephemeral_ports(text),
-        );
+        let text = if text.is_empty() {
+            String::new()
+        } else {
+            common::sidekey::with_ephemeral_ports(text)
+        };
+        write_in_place(&sidekey.config_path, &text);
         let errors = (i + 1) as f64;
         common::eventually(&format!("the reload of {what} to fail"), WAIT, || async {
             (metric(&sidekey, "sidekey_reloads_total{result=\"error\"}").await >= errors)
@@ -467,4 +471,53 @@ async fn a_new_listen_address_is_reported_as_needing_a_restart() {
     assert_eq!(key_via(&proc).await, "Bearer sk-listen");
     let (status, _) = proc.terminate().await;
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_reload_cannot_drop_the_inbound_token_of_a_public_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = echo_mock().await;
+    let body = route("openai", &mock.url, "env::K");
+    // Bound on every interface (traffic in this test stays on 127.0.0.1).
+    let public = format!("listen = \"0.0.0.0:0\"\ninbound_token = \"env::INBOUND\"\n{body}");
+    let sidekey = start_in(
+        dir.path(),
+        &public,
+        MapEnv::new([("K", "sk-gw"), ("INBOUND", "inbound-secret")]),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/openai/v1/x", sidekey.addr.port());
+    let call = |token: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                token.map(|t| ("x-sidekey-token", t)).into_iter().collect();
+            client::send(common::client::request(
+                http::Method::GET,
+                &url,
+                &headers,
+                "",
+            ))
+            .await
+            .status
+        }
+    };
+    assert_eq!(call(None).await, 401);
+    assert_eq!(call(Some("inbound-secret")).await, 200);
+
+    // The new config says loopback and has no token; the socket cannot move.
+    write_in_place(
+        &sidekey.config_path,
+        &common::sidekey::with_ephemeral_ports(&body),
+    );
+    common::eventually("the reload to be rejected", WAIT, || async {
+        (metric(&sidekey, "sidekey_reloads_total{result=\"error\"}").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        call(None).await,
+        401,
+        "the public socket still needs the token"
+    );
+    assert_eq!(call(Some("inbound-secret")).await, 200);
 }

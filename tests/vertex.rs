@@ -431,7 +431,7 @@ async fn check_loads_the_key_offline_and_never_calls_the_token_endpoint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{err}");
     assert!(
-        err.contains("private_key is not a PEM PKCS#8 RSA key"),
+        err.contains("private_key is not a PEM RSA key"),
         "{err}"
     );
 }

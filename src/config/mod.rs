@@ -71,6 +71,13 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is empty: most likely caught half-written (truncated,
+    /// not yet filled), so it is not applied.
+    #[error("{file}: the config file is empty")]
+    Empty {
+        /// The config file.
+        file: String,
+    },
     /// The file was read but is not a valid config.
     #[error("{file}:{line}:{column}: {}{message}", key_prefix(.key))]
     Invalid {
@@ -224,6 +231,8 @@ pub(crate) struct Config {
     pub(crate) admin_listen: SocketAddr,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) inbound_token: Option<Location>,
+    /// `allow_unauthenticated`: a non-loopback `listen` without a token.
+    pub(crate) allow_unauthenticated: bool,
     pub(crate) limits: Limits,
     pub(crate) shutdown: ShutdownSettings,
     pub(crate) reload: ReloadSettings,
@@ -248,6 +257,11 @@ impl Config {
                     file: path.display().to_string(),
                     source: e,
                 })?;
+                if text.trim().is_empty() {
+                    return Err(ConfigError::Empty {
+                        file: path.display().to_string(),
+                    });
+                }
                 Self::parse(&text, source.clone(), path.parent(), true, overrides)
             }
             ConfigSource::BuiltIn => Self::parse(
@@ -480,14 +494,14 @@ impl Cx<'_> {
             )?,
             upstream_streams_per_connection: match &l.upstream_streams_per_connection {
                 None => d.upstream_streams_per_connection,
-                Some(v) if *v.get_ref() == 0 => {
+                Some(v) if v.get_ref().0 == 0 => {
                     return Err(self.at(
                         v,
                         "limits.upstream_streams_per_connection",
                         "must be at least 1",
                     ));
                 }
-                Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
+                Some(v) => usize::try_from(v.get_ref().0).unwrap_or(usize::MAX),
             },
         };
         for (v, key, value) in [
@@ -563,6 +577,7 @@ impl Cx<'_> {
             admin_listen,
             ca_file: raw.ca_file.as_ref().map(|v| self.path(v)),
             inbound_token,
+            allow_unauthenticated: raw.allow_unauthenticated,
             limits,
             shutdown,
             reload,

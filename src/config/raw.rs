@@ -44,7 +44,46 @@ pub(crate) struct LimitsToml {
     pub(crate) connect_timeout: Option<Spanned<String>>,
     pub(crate) request_timeout: Option<Spanned<String>>,
     pub(crate) header_read_timeout: Option<Spanned<String>>,
-    pub(crate) upstream_streams_per_connection: Option<Spanned<u64>>,
+    pub(crate) upstream_streams_per_connection: Option<Spanned<Count>>,
+}
+
+/// A whole number written `50` or `50.0`: Helm's `toToml` renders every
+/// number of a values file as a float, so the chart's `config` map turns
+/// `50` into `50.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Count(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+                u64::try_from(v)
+                    .map(Count)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "checked: a whole number from 0 to 2^53, exact in both types"
+            )]
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
+                if v.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&v) {
+                    Ok(Count(v as u64))
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[shutdown]`.

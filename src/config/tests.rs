@@ -145,6 +145,28 @@ fn durations_and_sizes_are_checked() {
 }
 
 #[test]
+fn counts_accept_whole_numbers_written_as_floats() {
+    // Helm's toToml writes the chart's `50` as `50.0`.
+    for text in ["50", "50.0"] {
+        let config = parse(&format!(
+            "[limits]\nupstream_streams_per_connection = {text}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.limits.upstream_streams_per_connection, 50);
+    }
+    for bad in ["2.5", "-1", "\"50\""] {
+        let e = err(&format!(
+            "[limits]\nupstream_streams_per_connection = {bad}\n"
+        ));
+        assert!(
+            e.contains("a whole number") || e.contains("expected"),
+            "{bad}: {e}"
+        );
+    }
+    assert!(err("[limits]\nupstream_streams_per_connection = 0\n").contains("must be at least 1"));
+}
+
+#[test]
 fn provider_type_defaults_apply_to_routes_without_a_key() {
     let cfg = parse(
         "[provider_types.openai.defaults]\napi_key_location = \"path::keys/openai\"\n\

@@ -170,6 +170,10 @@ pub(crate) struct Candidate<'a> {
     pub(crate) health: Option<&'a KeyHealth>,
     /// The key's location, for logs.
     pub(crate) location: &'a Location,
+    /// The key was resting (or is probed) when this request chose it: only
+    /// then may its answer end the rest. A request sent while the key was
+    /// healthy says nothing about a rest that began while it was in flight.
+    pub(crate) was_rested: bool,
 }
 
 /// No key of a set can serve this request. Names locations and reasons only.
@@ -299,6 +303,7 @@ impl KeySet {
                             chosen: Chosen::Dynamic(v),
                             health: None,
                             location,
+                            was_rested: false,
                         });
                     }
                     continue;
@@ -308,21 +313,23 @@ impl KeySet {
                         chosen: Chosen::Nothing,
                         health: None,
                         location,
+                        was_rested: false,
                     });
                     continue;
                 }
                 KeyValue::Missing(_) => continue,
-            };
-            let candidate = Candidate {
-                chosen,
-                health: Some(health),
-                location,
             };
             // A single key is never rested out of use: there is no other.
             let standing = if n == 1 {
                 Standing::Healthy
             } else {
                 health.standing(now, probe_window)
+            };
+            let candidate = Candidate {
+                chosen,
+                health: Some(health),
+                location,
+                was_rested: standing != Standing::Healthy,
             };
             match standing {
                 Standing::Healthy => usable.push(candidate),
@@ -432,8 +439,8 @@ fn resolve_token(
         Source::Account(sa) => sa.fingerprint,
         Source::Metadata { host } => Fingerprint::of(host.as_bytes()),
     };
-    let cache = tokens.get(scope.route, scope.label, digest, || {
-        (source, client.clone(), metrics.clone())
+    let cache = tokens.get(scope.route, scope.label, digest, client, || {
+        (source, metrics.clone())
     });
     KeyValue::Token {
         cache,
@@ -448,10 +455,13 @@ fn read_account(
     location: &Location,
     path: &std::path::Path,
 ) -> Result<(Source, [u8; 32]), Unavailable> {
-    let json = resolve::read_file(location, path)?;
-    let account =
-        ServiceAccount::parse(json.expose()).map_err(|e| Unavailable::reason(location, e))?;
-    Ok((Source::Account(Box::new(account)), json.digest()))
+    // A JSON file, not a header value: newlines and any UTF-8 are fine.
+    let json = resolve::read_raw(location, path)?;
+    let account = ServiceAccount::parse(&json).map_err(|e| Unavailable::reason(location, e))?;
+    Ok((
+        Source::Account(Box::new(account)),
+        Fingerprint::digest_of(&json),
+    ))
 }
 
 fn resolve_one(

@@ -79,6 +79,25 @@ pub(crate) fn read_file(location: &Location, path: &Path) -> Result<Secret, Unav
     Secret::new(bytes).map_err(|e| Unavailable::new(location, e))
 }
 
+/// Reads a whole file that is not a header value (a service-account JSON)
+/// into a buffer wiped on drop.
+///
+/// # Errors
+///
+/// [`Unavailable`] naming the location and the I/O reason, or an empty file.
+pub(crate) fn read_raw(
+    location: &Location,
+    path: &Path,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Unavailable> {
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| Unavailable::new(location, io_reason(&e)))?,
+    );
+    if bytes.trim_ascii().is_empty() {
+        return Err(Unavailable::new(location, "is empty"));
+    }
+    Ok(bytes)
+}
+
 fn io_reason(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::NotFound => "no such file".to_owned(),

@@ -182,7 +182,7 @@ pub(crate) async fn send(
             };
             let wants_another = match verdict {
                 Verdict::Accepted => {
-                    if let Some(health) = candidate.health
+                    if let Some(health) = candidate.health.filter(|_| candidate.was_rested)
                         && health.accepted()
                     {
                         tracing::info!(route = %route.name, location = %candidate.location, fingerprint = fingerprint.map(tracing::field::display), "key accepted again: its rest is over");
@@ -197,9 +197,10 @@ pub(crate) async fn send(
             }
 
             // Vertex: a rejected token is refreshed and the request retried
-            // once with the same credential before any fallback.
-            if let (Chosen::Token { cache, .. }, Some(old), true) =
-                (&candidate.chosen, &token, token_retry_left)
+            // once with the same credential before any fallback (a 429 is
+            // not the token's fault: it moves on at once).
+            if let (Chosen::Token { cache, .. }, Some(old), true, Verdict::Rejected(_)) =
+                (&candidate.chosen, &token, token_retry_left, &verdict)
             {
                 refreshed = true;
                 match cache.refresh_after(old, token_wait).await {

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) env: Arc<dyn Env>,
     pub(crate) source: ConfigSource,
     pub(crate) overrides: Overrides,
+    /// The proxy address bound at start (a reload never moves it).
+    bound_listen: std::net::SocketAddr,
     /// The last reload failure, so a broken config that the periodic re-read
     /// keeps finding is logged and counted once, not every minute.
     last_error: Mutex<Option<String>>,
@@ -58,6 +60,7 @@ impl Shared {
         overrides: Overrides,
     ) -> Self {
         Self {
+            bound_listen: snapshot.config.listen,
             snapshot: ArcSwap::from_pointee(snapshot),
             reg,
             env,
@@ -83,6 +86,25 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// The rule "a non-loopback `listen` needs `inbound_token`" checked
+    /// against the socket actually bound: a reload cannot move it, so a new
+    /// config that says loopback and drops the token would otherwise open
+    /// the still-public socket to anyone.
+    fn keeps_the_socket_safe(&self, config: Config) -> Result<Config, String> {
+        let bound = self.bound_listen;
+        if bound.ip().is_loopback()
+            || config.inbound_token.is_some()
+            || config.allow_unauthenticated
+        {
+            return Ok(config);
+        }
+        Err(format!(
+            "{}: sidekey listens on {bound} (changing `listen` needs a restart), which is not a \
+             loopback address: the config must keep `inbound_token` (or say `allow_unauthenticated = true`)",
+            self.source.display_name()
+        ))
+    }
+
     /// Re-reads the config and every file it names; swaps in the result if it
     /// differs from the current snapshot and is at least as good.
     ///
@@ -95,6 +117,7 @@ impl Shared {
         let current = self.snapshot();
         let next = Config::load(&self.source, self.env.as_ref(), &self.overrides)
             .map_err(|e| e.to_string())
+            .and_then(|config| self.keeps_the_socket_safe(config))
             .and_then(|config| {
                 Snapshot::build(config, self.env.as_ref(), &self.reg)
                     .map_err(|e| format!("{}: {e}", self.source.display_name()))

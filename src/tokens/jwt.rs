@@ -33,7 +33,9 @@ pub(crate) enum AccountError {
     Json(String),
     #[error("has type {0:?}; expected \"service_account\"")]
     WrongType(String),
-    #[error("private_key is not a PEM PKCS#8 RSA key (value not shown)")]
+    #[error("has no {0}")]
+    Missing(&'static str),
+    #[error("private_key is not a PEM RSA key, PKCS#8 or PKCS#1 (value not shown)")]
     Key,
     #[error("could not sign the token request")]
     Sign,
@@ -44,11 +46,22 @@ pub(crate) enum AccountError {
 struct AccountJson {
     #[serde(rename = "type")]
     ty: Option<String>,
-    client_email: String,
-    private_key: Zeroizing<String>,
+    client_email: Option<String>,
+    private_key: Option<Zeroizing<String>>,
     private_key_id: Option<String>,
     token_uri: Option<String>,
     project_id: Option<String>,
+}
+
+/// What kind of JSON error `e` is, without its message (which can quote a
+/// value from the file).
+pub(crate) fn json_error_kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "a field has the wrong type",
+        serde_json::error::Category::Eof => "unexpected end of the file",
+    }
 }
 
 /// A parsed service account with its key loaded.
@@ -80,24 +93,38 @@ impl ServiceAccount {
     ///
     /// [`AccountError`] naming what is wrong, never showing the key.
     pub(crate) fn parse(json: &[u8]) -> Result<Self, AccountError> {
-        // serde_json's message names a position, never the value.
-        let raw: AccountJson =
-            serde_json::from_slice(json).map_err(|e| AccountError::Json(e.to_string()))?;
+        // serde_json's messages can quote a value ("invalid type: string
+        // ..."): say only what kind of error it is and where.
+        let raw: AccountJson = serde_json::from_slice(json).map_err(|e| {
+            AccountError::Json(format!(
+                "{} at line {} column {}",
+                json_error_kind(&e),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        // The type first: an `authorized_user` or `external_account` file
+        // lacks the fields below, and its type is the useful message.
         if let Some(ty) = raw.ty.as_deref()
             && ty != "service_account"
         {
             return Err(AccountError::WrongType(ty.to_owned()));
         }
-        let der = PrivateKeyDer::from_pem_slice(raw.private_key.as_bytes())
-            .map_err(|_| AccountError::Key)?;
+        let client_email = raw
+            .client_email
+            .ok_or(AccountError::Missing("client_email"))?;
+        let pem = raw
+            .private_key
+            .ok_or(AccountError::Missing("private_key"))?;
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| AccountError::Key)?;
         let key = match &der {
-            PrivateKeyDer::Pkcs8(pkcs8) => {
-                RsaKeyPair::from_pkcs8(pkcs8.secret_pkcs8_der()).map_err(|_| AccountError::Key)?
-            }
+            PrivateKeyDer::Pkcs8(pkcs8) => RsaKeyPair::from_pkcs8(pkcs8.secret_pkcs8_der()),
+            PrivateKeyDer::Pkcs1(pkcs1) => RsaKeyPair::from_der(pkcs1.secret_pkcs1_der()),
             _ => return Err(AccountError::Key),
-        };
+        }
+        .map_err(|_| AccountError::Key)?;
         Ok(Self {
-            client_email: raw.client_email,
+            client_email,
             project_id: raw.project_id,
             token_uri: raw
                 .token_uri
@@ -234,11 +261,23 @@ mod tests {
         let err = ServiceAccount::parse(json.as_bytes()).unwrap_err();
         assert_eq!(err, AccountError::Key);
         assert!(!err.to_string().contains("notakey"));
-        assert!(matches!(
-            ServiceAccount::parse(b"{}"),
-            Err(AccountError::Json(_))
-        ));
-        let user = r#"{"type":"authorized_user","client_email":"a","private_key":"x"}"#;
+        assert_eq!(
+            ServiceAccount::parse(b"{}").unwrap_err(),
+            AccountError::Missing("client_email")
+        );
+        // A value of the wrong type is not echoed.
+        let err = ServiceAccount::parse(br#"{"client_email":"a","private_key":["AIzaSECRET"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wrong type") && !err.contains("AIzaSECRET"),
+            "{err}"
+        );
+        let err = ServiceAccount::parse(br#""AIzaSECRET""#)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("AIzaSECRET"), "{err}");
+        let user = r#"{"type":"authorized_user","client_id":"a","refresh_token":"x"}"#;
         assert_eq!(
             ServiceAccount::parse(user.as_bytes()).unwrap_err(),
             AccountError::WrongType("authorized_user".into())

@@ -53,6 +53,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// One token request may take this long.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// A token is never trusted for longer than this (seconds), whatever
+/// `expires_in` says.
+const MAX_LIFETIME_S: u64 = 24 * 3600;
 /// A token response larger than this is refused.
 const MAX_TOKEN_RESPONSE: usize = 64 << 10;
 
@@ -208,13 +211,14 @@ impl TokenCache {
                 State::Ready(t) if t.usable(Instant::now()) => return Ok(t.clone()),
                 State::Ready(_) => "the token expired and no new one was minted yet".to_owned(),
                 State::Pending => "the first token has not arrived yet".to_owned(),
-                State::Failed(reason) => reason.clone(),
+                // The last attempt failed and no valid token is left: answer
+                // now rather than hold every request through the backoff.
+                State::Failed(reason) => return Err(self.unavailable(reason.clone())),
             };
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return Err(self.unavailable(reason));
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(self.unavailable("the token task stopped".to_owned())),
+                Err(_) => return Err(self.unavailable(reason)),
             }
         }
     }
@@ -245,11 +249,12 @@ impl TokenCache {
             {
                 return Ok(t.clone());
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return Err(self.unavailable("no fresh token after the rejection".to_owned()));
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(self.unavailable("the token task stopped".to_owned())),
+                Err(_) => {
+                    return Err(self.unavailable("no fresh token after the rejection".to_owned()));
+                }
             }
         }
     }
@@ -408,15 +413,16 @@ fn parse_token(body: &[u8]) -> Result<(Minted, Duration), String> {
         access_token: zeroize::Zeroizing<String>,
         expires_in: Option<u64>,
     }
-    let t: TokenJson =
-        serde_json::from_slice(body).map_err(|e| format!("not a token answer: {e}"))?;
+    let t: TokenJson = serde_json::from_slice(body)
+        .map_err(|e| format!("not a token answer ({})", jwt::json_error_kind(&e)))?;
     let secret = crate::credentials::Secret::new(t.access_token.as_bytes().to_vec())
         .map_err(|e| format!("access_token {e}"))?;
     let header = secret
         .header_value("Bearer ")
         .map_err(|e| format!("access_token {e}"))?;
-    // Google's tokens last an hour; assume so when the answer does not say.
-    let lifetime = Duration::from_secs(t.expires_in.unwrap_or(3600).max(1));
+    // Google's tokens last an hour; assume so when the answer does not say,
+    // and never trust more than a day.
+    let lifetime = Duration::from_secs(t.expires_in.unwrap_or(3600).clamp(1, MAX_LIFETIME_S));
     Ok((
         Minted {
             header,
@@ -442,6 +448,9 @@ struct CacheId {
     route: String,
     label: String,
     digest: [u8; 32],
+    /// The client's identity (trust roots, timeouts): a changed `ca_file`
+    /// starts a cache that mints through the new client.
+    client: Vec<u8>,
 }
 
 /// Every token cache in use, outliving snapshots.
@@ -476,22 +485,24 @@ impl TokenRegistry {
         route: &str,
         label: &str,
         digest: [u8; 32],
-        make: impl FnOnce() -> (Source, Client, Arc<RouteMetrics>),
+        client: &Client,
+        make: impl FnOnce() -> (Source, Arc<RouteMetrics>),
     ) -> Arc<TokenCache> {
         let id = CacheId {
             route: route.to_owned(),
             label: label.to_owned(),
             digest,
+            client: client.id().to_vec(),
         };
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(cache) = map.get(&id).and_then(Weak::upgrade) {
             return cache;
         }
-        let (source, client, metrics) = make();
+        let (source, metrics) = make();
         let cache = Arc::new(TokenCache::start(
             Arc::from(route),
             source,
-            client,
+            client.clone(),
             metrics,
             self.online,
         ));
@@ -540,5 +551,14 @@ mod tests {
         assert!(parse_token(b"{}").is_err());
         let err = parse_token(br#"{"access_token":"bad\nvalue"}"#).unwrap_err();
         assert!(!err.contains("bad"), "{err}");
+        let err = parse_token(br#"{"access_token":["ya29.secret"]}"#).unwrap_err();
+        assert!(!err.contains("ya29"), "{err}");
+        let (_, life) =
+            parse_token(br#"{"access_token":"a","expires_in":18446744073709551615}"#).unwrap();
+        assert_eq!(
+            life,
+            Duration::from_secs(MAX_LIFETIME_S),
+            "a huge expires_in is capped"
+        );
     }
 }

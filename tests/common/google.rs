@@ -56,9 +56,10 @@ impl Account {
         }
     }
 
-    /// The service-account JSON, with `token_uri` pointing at `token_uri`.
+    /// The service-account JSON, with `token_uri` pointing at `token_uri`,
+    /// pretty-printed with a trailing newline as Google's key files are.
     pub fn json(&self, token_uri: &str) -> String {
-        serde_json::json!({
+        let json = serde_json::json!({
             "type": "service_account",
             "project_id": self.project,
             "private_key_id": "test-key-id",
@@ -66,8 +67,10 @@ impl Account {
             "client_email": self.email,
             "client_id": "1",
             "token_uri": token_uri,
-        })
-        .to_string()
+        });
+        let mut text = serde_json::to_string_pretty(&json).unwrap();
+        text.push('\n');
+        text
     }
 }
 

@@ -316,7 +316,7 @@ Arguments: (dict "ctx" <sidekey context> "sidecar" true|false). */}}
   {{- with $v.probes.startup }}
   {{- if .enabled }}
   startupProbe:
-    {{- include "sidekey.probe" (dict "probe" . "path" "/readyz" "port" $adminPort) | nindent 4 }}
+    {{- include "sidekey.probe" (dict "probe" . "path" "/healthz" "port" $adminPort) | nindent 4 }}
   {{- end }}
   {{- end }}
   {{- with $v.probes.readiness }}
