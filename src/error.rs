@@ -27,6 +27,10 @@ pub(crate) enum ProxyError {
     Connect,
     #[error("protocol upgrades (WebSocket) are not supported")]
     Upgrade,
+    #[error(
+        "the path has a `.` or `..` segment or an encoded slash: refused, since the provider would resolve it to another path than the one checked"
+    )]
+    DotSegment,
     #[error("missing or wrong inbound token: send it as the API key or in x-sidekey-token")]
     Unauthorized,
     #[error("inbound token unavailable: {0}")]
@@ -96,6 +100,7 @@ impl ProxyError {
                 (S::NOT_FOUND, "unknown_deployment")
             }
             Self::AbsoluteForm => (S::BAD_REQUEST, "absolute_form_refused"),
+            Self::DotSegment => (S::BAD_REQUEST, "bad_path"),
             Self::Connect => (S::METHOD_NOT_ALLOWED, "connect_refused"),
             Self::Upgrade => (S::NOT_IMPLEMENTED, "upgrade_not_supported"),
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
@@ -189,7 +194,7 @@ mod tests {
             (
                 ProxyError::NotImplemented {
                     route: r(),
-                    ty: "vertex",
+                    ty: "bedrock",
                     reason: "x",
                 },
                 501,
@@ -198,6 +203,16 @@ mod tests {
             (ProxyError::Unauthorized, 401, "unauthorized"),
             (ProxyError::Connect, 405, "connect_refused"),
             (ProxyError::AbsoluteForm, 400, "absolute_form_refused"),
+            (ProxyError::DotSegment, 400, "bad_path"),
+            (
+                ProxyError::RequestBody {
+                    route: r(),
+                    reason: r(),
+                },
+                400,
+                "bad_request_body",
+            ),
+            (ProxyError::Internal(r()), 500, "internal_error"),
         ];
         for (err, status, code) in cases {
             assert_eq!(

@@ -249,7 +249,26 @@ async fn forward_proxy_requests_and_upgrades_are_refused() {
     )
     .await;
     assert!(upgrade.starts_with("HTTP/1.1 501"), "{upgrade}");
+    // A `..` the provider would resolve, plain or encoded, never leaves.
+    for path in ["/ok/v1/models/a/../b", "/ok/v1/%2e%2E/x", "/ok/v1/a%2Fb"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let answer = raw(Box::leak(req.into_boxed_str())).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("bad_path"), "{answer}");
+    }
     assert!(mock.requests().is_empty(), "nothing reached the provider");
+
+    // `Upgrade: h2c` (Java's HttpClient) is ignored: answered in HTTP/1.1,
+    // and neither it nor HTTP2-Settings is forwarded.
+    let h2c = raw(
+        "GET /ok/v1/models HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(h2c.starts_with("HTTP/1.1 200"), "{h2c}");
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].header("upgrade").is_none() && seen[0].header("http2-settings").is_none());
 }
 
 #[tokio::test]

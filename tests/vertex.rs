@@ -57,13 +57,16 @@ async fn setup(expires_in: u64, extra_route_settings: &str) -> Setup {
         &dir.path().join("secrets/vertex"),
         &[("sa.json", &account.json(&token_uri))],
     );
+    // The credential the way TensorZero names it: an environment variable
+    // holding the file's path (watched like a path:: location).
     let config = format!(
-        "ca_file = \"{ca}\"\n[routes.vertex]\ntype = \"vertex\"\nupstream = \"{url}\"\ncredentials = \"{sa}\"\nlocation = \"us-east5\"\n{extra_route_settings}",
+        "ca_file = \"{ca}\"\n[routes.vertex]\ntype = \"vertex\"\nupstream = \"{url}\"\ncredentials = \"env::GCP_VERTEX_CREDENTIALS_PATH\"\nlocation = \"us-east5\"\n{extra_route_settings}",
         ca = pki.ca_file.display(),
         url = vertex.url,
-        sa = volume.location("sa.json"),
     );
-    let sidekey = start_in(dir.path(), &config, MapEnv::default()).await;
+    let sa_path = volume.path("sa.json");
+    let env = MapEnv::new([("GCP_VERTEX_CREDENTIALS_PATH", sa_path.to_str().unwrap())]);
+    let sidekey = start_in(dir.path(), &config, env).await;
     Setup {
         _dir: dir,
         tokens,
@@ -388,9 +391,10 @@ async fn check_loads_the_key_offline_and_never_calls_the_token_endpoint() {
     // `check` could add a token request.
     assert_eq!(generate(&s.sidekey, GENERATE).await.status, 200);
     let before = s.tokens.requests.load(Ordering::Relaxed);
+    let sa_path = s.volume.path("sa.json");
     let out = common::process::command(
         &["check", "--config", s.sidekey.config_path.to_str().unwrap()],
-        &[],
+        &[("GCP_VERTEX_CREDENTIALS_PATH", sa_path.to_str().unwrap())],
     )
     .output()
     .await
@@ -430,8 +434,5 @@ async fn check_loads_the_key_offline_and_never_calls_the_token_endpoint() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{err}");
-    assert!(
-        err.contains("private_key is not a PEM RSA key"),
-        "{err}"
-    );
+    assert!(err.contains("private_key is not a PEM RSA key"), "{err}");
 }

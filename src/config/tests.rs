@@ -142,6 +142,9 @@ fn durations_and_sizes_are_checked() {
     );
     assert!(err("[limits]\nmax_replay_body = \"lots\"\n").contains("limits.max_replay_body"));
     assert!(err("[limits]\nrequest_timeout = \"0s\"\n").contains("greater than zero"));
+    // Bounded, so `now + timeout` cannot overflow.
+    assert!(err("[limits]\nrequest_timeout = \"9999999999999h\"\n").contains("at most 30 days"));
+    parse("[limits]\nrequest_timeout = \"720h\"\n").unwrap();
 }
 
 #[test]

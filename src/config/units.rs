@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
-/// Parses a duration: an unsigned integer followed by `ms`, `s`, `m` or `h`.
+/// The longest duration accepted: 30 days. Every setting means far less, and
+/// a bound keeps deadline arithmetic (`now + timeout`) from overflowing.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Parses a duration: an unsigned integer followed by `ms`, `s`, `m` or `h`,
+/// at most [`MAX_DURATION`].
 ///
 /// # Errors
 ///
@@ -27,6 +32,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
+    if d > MAX_DURATION {
+        return Err(format!("`{s}` is too long: at most 30 days (\"720h\")"));
+    }
     Ok(d)
 }
 

@@ -37,10 +37,58 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
         return Err(ProxyError::AbsoluteForm);
     }
-    if parts.headers.contains_key(header::UPGRADE) {
+    // `Upgrade: h2c` (Java's HttpClient sends it on every new plain-HTTP
+    // connection) may be ignored (RFC 9110 §7.8): the answer comes in
+    // HTTP/1.1 and the header is stripped as hop-by-hop. Other upgrades
+    // (WebSocket) cannot be proxied.
+    if parts
+        .headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| !token.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    {
         return Err(ProxyError::Upgrade);
     }
+    // The route, the model allowlist and the Azure deployment are read from
+    // the path as sent, and the path goes upstream byte for byte: a `..`
+    // that the provider resolves would reach another model or deployment
+    // than the one checked.
+    if parts.uri.path().split('/').any(is_dot_or_slash) {
+        return Err(ProxyError::DotSegment);
+    }
     Ok(())
+}
+
+/// `.`, `..` (also percent-encoded: `%2e`, `.%2E`, ...) or a segment holding
+/// an encoded `/` or `\` (`%2f`, `%5c`).
+fn is_dot_or_slash(segment: &str) -> bool {
+    let b = segment.as_bytes();
+    let mut dots = 0;
+    let mut i = 0;
+    let mut only_dots = true;
+    while i < b.len() {
+        match b.get(i..i + 3) {
+            Some([b'%', b'2', e]) if e | 0x20 == b'e' => {
+                dots += 1;
+                i += 3;
+            }
+            Some([b'%', h, l])
+                if (*h == b'2' && l | 0x20 == b'f') || (*h == b'5' && l | 0x20 == b'c') =>
+            {
+                return true;
+            }
+            _ => {
+                if b.get(i) == Some(&b'.') {
+                    dots += 1;
+                } else {
+                    only_dots = false;
+                }
+                i += 1;
+            }
+        }
+    }
+    only_dots && (dots == 1 || dots == 2)
 }
 
 /// Checks the inbound token, when the config sets one.
@@ -63,7 +111,11 @@ pub(crate) fn authorize(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Prox
         .filter_map(|name| headers.get(name))
         .map(|v| {
             let v = v.as_bytes();
-            v.strip_prefix(b"Bearer ").unwrap_or(v)
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            match v.get(..7) {
+                Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => v.get(7..).unwrap_or(v),
+                _ => v,
+            }
         });
     // Every candidate is compared, so timing does not reveal which matched.
     let mut ok = false;
@@ -74,5 +126,29 @@ pub(crate) fn authorize(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Prox
         Ok(())
     } else {
         Err(ProxyError::Unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_dot_or_slash;
+
+    #[test]
+    fn dot_segments_and_encoded_slashes_are_found() {
+        for bad in [".", "..", "%2e", "%2E%2e", ".%2E", "a%2Fb", "a%5cb", "%2f"] {
+            assert!(is_dot_or_slash(bad), "{bad}");
+        }
+        for good in [
+            "",
+            "v1",
+            "gpt-4o",
+            "gemini-2.0-flash:generateContent",
+            "...",
+            "a.b",
+            "%2e%2e%2e",
+            "%20",
+        ] {
+            assert!(!is_dot_or_slash(good), "{good}");
+        }
     }
 }

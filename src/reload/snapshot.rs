@@ -248,9 +248,16 @@ impl Snapshot {
         if let ConfigSource::File(path) = source {
             files.push(path.clone());
         }
-        let mut add = |loc: &Location| match loc {
+        // `env_is_path`: a Vertex `env::NAME` holds the *path* of the
+        // service-account JSON, a file like any other.
+        let mut add = |loc: &Location, env_is_path: bool| match loc {
             Location::Path(p) => files.push(p.clone()),
             Location::PathFromEnv(var) => {
+                if let Some(p) = env.var(var) {
+                    files.push(PathBuf::from(p));
+                }
+            }
+            Location::Env(var) if env_is_path => {
                 if let Some(p) = env.var(var) {
                     files.push(PathBuf::from(p));
                 }
@@ -258,14 +265,15 @@ impl Snapshot {
             Location::Env(_) | Location::Dynamic(_) | Location::None | Location::Metadata => {}
         };
         for route in self.routes.iter_sorted() {
+            let tokens = route.spec.family == crate::providers::Family::Vertex;
             for (_, keys) in route.key_sets() {
                 for key in keys.keys.iter() {
-                    add(&key.location);
+                    add(&key.location, tokens);
                 }
             }
         }
         if let Some(loc) = &self.config.inbound_token {
-            add(loc);
+            add(loc, false);
         }
         files.extend(self.config.ca_file.iter().cloned());
         files.extend(self.config.routes.iter().filter_map(|r| r.ca_file.clone()));
