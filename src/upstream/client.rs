@@ -8,7 +8,11 @@
 //! pool of its own (its own HTTP/2 connection): a request takes the first
 //! lane with fewer than `limits.upstream_streams_per_connection` requests in
 //! flight (100 by default, the RFC's recommended floor and what Google's
-//! front ends allow) and a new lane is opened when all are full. A
+//! front ends allow) and a new lane is opened when all are full. One client
+//! serves many hosts (every route with the same trust settings), so a lane
+//! counts requests per upstream host (a hash of the authority into a few
+//! slots; a collision only opens a lane early): streams to one provider do
+//! not push another provider's requests onto new connections. A
 //! [`LaneGuard`] holds the request's place until its response body ends.
 //! Lanes are found without a lock: a fixed array of `OnceLock`s and one
 //! atomic add per request. With HTTP/1.1 upstreams a lane's pool opens a
@@ -33,11 +37,23 @@ const MAX_IDLE_PER_HOST: usize = 256;
 /// Most lanes a client opens; past that, requests share the least busy lane.
 const MAX_LANES: usize = 64;
 
-/// One pool and the requests in flight on it.
+/// Per-host counters in a lane (hosts hash into these).
+const SLOTS: usize = 16;
+
+/// One pool and the requests in flight on it, per host slot.
 #[derive(Debug)]
 struct Lane {
     client: Inner,
-    in_flight: AtomicUsize,
+    in_flight: [AtomicUsize; SLOTS],
+}
+
+/// The host slot of `uri`: FNV-1a of its authority (a few dozen bytes).
+fn slot_of(uri: &http::Uri) -> usize {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in uri.authority().map_or(&b""[..], |a| a.as_str().as_bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h as usize % SLOTS
 }
 
 /// What every lane is built from.
@@ -67,11 +83,16 @@ pub(crate) struct Client {
 /// response body, or when the request fails).
 #[derive(Debug)]
 #[must_use = "dropping the guard frees the request's place in its lane"]
-pub(crate) struct LaneGuard(Arc<Lane>);
+pub(crate) struct LaneGuard {
+    lane: Arc<Lane>,
+    slot: usize,
+}
 
 impl Drop for LaneGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Release);
+        if let Some(n) = self.lane.in_flight.get(self.slot) {
+            n.fetch_sub(1, Ordering::Release);
+        }
     }
 }
 
@@ -103,8 +124,9 @@ impl Client {
         &self,
         req: http::Request<UpstreamBody>,
     ) -> (hyper_util::client::legacy::ResponseFuture, LaneGuard) {
-        let lane = self.lanes.take_place();
-        (lane.client.request(req), LaneGuard(lane))
+        let slot = slot_of(req.uri());
+        let lane = self.lanes.take_place(slot);
+        (lane.client.request(req), LaneGuard { lane, slot })
     }
 
     /// What the client was built from.
@@ -119,26 +141,39 @@ impl Client {
 }
 
 impl Lanes {
-    /// The first lane with room, opening lanes as needed; the request is
-    /// counted in it.
-    fn take_place(&self) -> Arc<Lane> {
+    /// The first lane with room for host `slot`, opening lanes as needed;
+    /// the request is counted in it.
+    fn take_place(&self, slot: usize) -> Arc<Lane> {
         let per_lane = self.settings.per_lane;
-        for slot in self.lanes.iter() {
-            let lane = slot.get_or_init(|| Arc::new(self.open()));
-            if lane.in_flight.fetch_add(1, Ordering::AcqRel) < per_lane {
-                return lane.clone();
+        for cell in self.lanes.iter() {
+            let lane = cell.get_or_init(|| Arc::new(self.open()));
+            let Some(n) = lane.in_flight.get(slot) else {
+                continue;
+            };
+            // A full lane is skipped with a load, not a write.
+            if n.load(Ordering::Acquire) < per_lane {
+                if n.fetch_add(1, Ordering::AcqRel) < per_lane {
+                    return lane.clone();
+                }
+                n.fetch_sub(1, Ordering::AcqRel);
             }
-            lane.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
-        // Every lane is full: share the least busy one.
+        // Every lane is full for this host: share the least busy one.
+        let load = |l: &Arc<Lane>| {
+            l.in_flight
+                .get(slot)
+                .map_or(0, |n| n.load(Ordering::Acquire))
+        };
         let lane = self
             .lanes
             .iter()
             .filter_map(OnceLock::get)
-            .min_by_key(|l| l.in_flight.load(Ordering::Acquire))
+            .min_by_key(|l| load(l))
             .cloned()
             .unwrap_or_else(|| Arc::new(self.open()));
-        lane.in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Some(n) = lane.in_flight.get(slot) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
         lane
     }
 
@@ -172,7 +207,7 @@ impl Lanes {
             .build(https);
         Lane {
             client,
-            in_flight: AtomicUsize::new(0),
+            in_flight: std::array::from_fn(|_| AtomicUsize::new(0)),
         }
     }
 }
@@ -186,25 +221,51 @@ mod tests {
         Client::new(tls, Duration::from_secs(1), per_lane, Vec::new())
     }
 
+    fn guard(lane: Arc<Lane>, slot: usize) -> LaneGuard {
+        LaneGuard { lane, slot }
+    }
+
     #[test]
-    fn lanes_fill_in_order_and_free_on_drop() {
+    fn lanes_fill_in_order_per_host_and_free_on_drop() {
         let c = client(2);
-        let a = c.lanes.take_place();
-        let b = c.lanes.take_place();
-        let third = c.lanes.take_place();
+        let a = c.lanes.take_place(1);
+        let b = c.lanes.take_place(1);
+        let third = c.lanes.take_place(1);
         assert!(Arc::ptr_eq(&a, &b), "the first lane takes two");
         assert!(
             !Arc::ptr_eq(&a, &third),
             "the third request opens a second lane"
         );
-        let guards = [LaneGuard(a), LaneGuard(b), LaneGuard(third)];
+        // Another host still has room in the first lane.
+        let other = c.lanes.take_place(2);
+        assert!(Arc::ptr_eq(&a, &other), "hosts are counted apart");
+        let guards = [guard(a, 1), guard(b, 1), guard(third, 1), guard(other, 2)];
         drop(guards);
-        let again = c.lanes.take_place();
-        assert_eq!(again.in_flight.load(Ordering::Acquire), 1);
+        let again = c.lanes.take_place(1);
+        assert_eq!(again.in_flight[1].load(Ordering::Acquire), 1);
         assert!(
             Arc::ptr_eq(&again, c.lanes.lanes[0].get().unwrap()),
             "the first lane is free again"
         );
-        drop(LaneGuard(again));
+        drop(guard(again, 1));
+    }
+
+    #[test]
+    fn hosts_spread_over_slots() {
+        let slot = |u: &str| slot_of(&u.parse().unwrap());
+        assert_eq!(
+            slot("https://api.openai.com/v1"),
+            slot("https://api.openai.com/v2")
+        );
+        let hosts = [
+            "https://api.openai.com",
+            "https://api.anthropic.com",
+            "https://generativelanguage.googleapis.com",
+            "https://api.groq.com",
+        ];
+        let mut slots: Vec<_> = hosts.iter().map(|h| slot(h)).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert!(slots.len() > 1);
     }
 }
