@@ -637,3 +637,50 @@ async fn gemini_key_errors_in_the_body_trigger_the_fallback_and_others_pass_thro
     assert_eq!(resp.status, 400);
     assert_eq!(resp.json()["error"]["message"], "Invalid JSON payload");
 }
+
+#[tokio::test]
+async fn a_gzipped_gemini_key_error_is_read_and_triggers_the_fallback() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(Transport::Plain, |r| {
+        let key = r.header("x-goog-api-key").unwrap_or("");
+        if key == "AIza-bad-gz" {
+            // What Google's front end does for a client accepting gzip.
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#).unwrap();
+            return Reply::Full {
+                status: 400,
+                headers: vec![
+                    ("content-type".into(), "application/json".into()),
+                    ("content-encoding".into(), "gzip".into()),
+                ],
+                body: Bytes::from(gz.finish().unwrap()),
+            };
+        }
+        Reply::json(200, serde_json::json!({"key": key}).to_string())
+    })
+    .await;
+    let config = format!(
+        "[routes.gemini]\ntype = \"gemini\"\nupstream = \"{}\"\nkey = {{ default = \"env::BAD\", fallback = \"env::GOOD\" }}\n",
+        mock.url
+    );
+    let sidekey = start_in(
+        dir.path(),
+        &config,
+        MapEnv::new([("BAD", "AIza-bad-gz"), ("GOOD", "AIza-good-gz")]),
+    )
+    .await;
+    let resp = client::send(request(
+        Method::POST,
+        &sidekey.url("/gemini/v1beta/models/m:generateContent"),
+        &[
+            ("content-type", "application/json"),
+            ("accept-encoding", "gzip, deflate"),
+        ],
+        "{}",
+    ))
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["key"], "AIza-good-gz");
+    assert_eq!(mock.requests().len(), 2);
+}

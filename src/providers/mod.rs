@@ -356,6 +356,55 @@ impl Verdict {
     }
 }
 
+/// Reads Google's error envelope (`{"error": {...}}`, or a one-element array
+/// of it from `streamGenerateContent`): `None` when `body` is not one;
+/// otherwise whether it says the API key is bad, and how. The machine-read
+/// `details[].reason` decides (`API_KEY_INVALID`, `API_KEY_EXPIRED`, a key
+/// blocked for this API or caller, a suspended consumer); without one, a 403
+/// `PERMISSION_DENIED` whose message is about the API key. Text elsewhere in
+/// the body (a quoted prompt) never counts.
+fn gemini_key_error(status: StatusCode, body: &[u8]) -> Option<Option<&'static str>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = match &value {
+        serde_json::Value::Array(items) => items.first()?.get("error")?,
+        other => other.get("error")?,
+    };
+    let reasons = error
+        .get("details")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("reason").and_then(serde_json::Value::as_str));
+    for reason in reasons {
+        match reason {
+            "API_KEY_INVALID" => return Some(Some("API_KEY_INVALID")),
+            "API_KEY_EXPIRED" => return Some(Some("API_KEY_EXPIRED")),
+            "CONSUMER_SUSPENDED" => return Some(Some("CONSUMER_SUSPENDED")),
+            r if r.starts_with("API_KEY_") && r.ends_with("_BLOCKED") => {
+                return Some(Some("API_KEY_BLOCKED"));
+            }
+            _ => {}
+        }
+    }
+    let text = |k: &str| {
+        error
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    };
+    let about_the_key = {
+        let m = text("message").to_ascii_lowercase();
+        m.contains("api key")
+    };
+    if status == StatusCode::FORBIDDEN && text("status") == "PERMISSION_DENIED" && about_the_key {
+        return Some(Some("PERMISSION_DENIED"));
+    }
+    if status == StatusCode::BAD_REQUEST && text("message").starts_with("API key not valid") {
+        return Some(Some("API_KEY_INVALID"));
+    }
+    Some(None)
+}
+
 /// Longest `Retry-After` honoured; longer ones are capped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -390,14 +439,13 @@ impl Rejects {
         };
         let has = |needle: &str| body.windows(needle.len()).any(|w| w == needle.as_bytes());
         match self {
-            Self::Gemini if has("API_KEY_INVALID") => Verdict::Rejected("API_KEY_INVALID"),
-            Self::Gemini
-                if status == StatusCode::FORBIDDEN
-                    && has("PERMISSION_DENIED")
-                    && (has("API key") || has("api key")) =>
-            {
-                Verdict::Rejected("PERMISSION_DENIED")
-            }
+            Self::Gemini => match gemini_key_error(status, body) {
+                Some(Some(reason)) => Verdict::Rejected(reason),
+                Some(None) => Verdict::Accepted,
+                // Not a Google error envelope (or cut at the peek limit).
+                None if has("API_KEY_INVALID") => Verdict::Rejected("API_KEY_INVALID"),
+                None => Verdict::Accepted,
+            },
             Self::Aws if has("UnrecognizedClientException") => {
                 Verdict::Rejected("UnrecognizedClientException")
             }
@@ -484,7 +532,23 @@ mod tests {
         let bad_gemini_key = br#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
         let gemini_denied = br#"{"error":{"code":403,"message":"Method doesn't allow unregistered callers. Please use API key.","status":"PERMISSION_DENIED"}}"#;
         let other_denied = br#"{"error":{"code":403,"message":"The model is not available in your region","status":"PERMISSION_DENIED"}}"#;
-        let cases: [(Rejects, S, &[u8], Verdict); 9] = [
+        let quoted = br#"{"error":{"code":400,"message":"Invalid JSON payload: unknown name \"API_KEY_INVALID\"","status":"INVALID_ARGUMENT"}}"#;
+        let blocked = br#"[{"error":{"code":403,"message":"Requests to this API generativelanguage.googleapis.com method ... are blocked.","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_SERVICE_BLOCKED"}]}}]"#;
+        let suspended = br#"{"error":{"code":403,"message":"Permission denied: Consumer 'api_key:x' has been suspended.","status":"PERMISSION_DENIED","details":[{"reason":"CONSUMER_SUSPENDED"}]}}"#;
+        let cases: [(Rejects, S, &[u8], Verdict); 12] = [
+            (Rejects::Gemini, S::BAD_REQUEST, quoted, Verdict::Accepted),
+            (
+                Rejects::Gemini,
+                S::FORBIDDEN,
+                blocked,
+                Verdict::Rejected("API_KEY_BLOCKED"),
+            ),
+            (
+                Rejects::Gemini,
+                S::FORBIDDEN,
+                suspended,
+                Verdict::Rejected("CONSUMER_SUSPENDED"),
+            ),
             (
                 Rejects::Status401,
                 S::UNAUTHORIZED,

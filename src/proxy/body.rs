@@ -282,9 +282,10 @@ impl Body for ResponseBody {
     }
 }
 
-/// Reads the start of an upstream body (at most about `limit` bytes) so an
-/// error answer can be classified; the frames are sent to the client first
-/// if the answer is passed on.
+/// Reads the start of an upstream body (at most about `limit` bytes) into
+/// `frames` so an error answer can be classified; the frames are sent to the
+/// client first if the answer is passed on. What was read stays in `frames`
+/// when reading fails or the future is dropped (a timeout).
 ///
 /// # Errors
 ///
@@ -292,9 +293,9 @@ impl Body for ResponseBody {
 pub(crate) async fn peek(
     body: &mut Incoming,
     limit: usize,
-) -> Result<VecDeque<Frame<Bytes>>, hyper::Error> {
+    frames: &mut VecDeque<Frame<Bytes>>,
+) -> Result<(), hyper::Error> {
     use http_body_util::BodyExt as _;
-    let mut frames = VecDeque::new();
     let mut len = 0;
     while len < limit {
         let Some(frame) = body.frame().await else {
@@ -304,14 +305,41 @@ pub(crate) async fn peek(
         len += frame.data_ref().map_or(0, Bytes::len);
         frames.push_back(frame);
     }
-    Ok(frames)
+    Ok(())
 }
 
-/// The data of `frames`, joined (for classification).
-pub(crate) fn joined(frames: &VecDeque<Frame<Bytes>>) -> Vec<u8> {
-    frames
+/// The data of `frames`, joined and, when `content_encoding` is gzip or
+/// deflate, decompressed (at most `limit` bytes; a cut-off stream yields what
+/// it decodes to), for classification. The frames themselves are forwarded
+/// as they came.
+pub(crate) fn joined(
+    frames: &VecDeque<Frame<Bytes>>,
+    content_encoding: Option<&http::HeaderValue>,
+    limit: usize,
+) -> Vec<u8> {
+    use std::io::Read as _;
+    let raw: Vec<u8> = frames
         .iter()
         .filter_map(|f| f.data_ref())
         .flat_map(|d| d.iter().copied())
-        .collect()
+        .collect();
+    let encoding = content_encoding.map(|v| v.as_bytes().trim_ascii());
+    let mut decoder: Box<dyn std::io::Read + '_> = match encoding {
+        Some(e) if e.eq_ignore_ascii_case(b"gzip") || e.eq_ignore_ascii_case(b"x-gzip") => {
+            Box::new(flate2::read::GzDecoder::new(raw.as_slice()))
+        }
+        Some(e) if e.eq_ignore_ascii_case(b"deflate") => {
+            Box::new(flate2::read::ZlibDecoder::new(raw.as_slice()))
+        }
+        _ => return raw,
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while out.len() < limit {
+        match decoder.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(buf.get(..n).unwrap_or_default()),
+        }
+    }
+    out
 }

@@ -167,8 +167,9 @@ pub(crate) async fn send(
             let status = response.status();
             let mut prefix = VecDeque::new();
             let body_start = if rejects.needs_body(status) {
-                prefix = peek_bounded(response.body_mut(), config).await;
-                Some(joined(&prefix))
+                peek_bounded(response.body_mut(), config, &mut prefix).await;
+                let encoding = response.headers().get(http::header::CONTENT_ENCODING);
+                Some(joined(&prefix, encoding, PEEK_LIMIT))
             } else {
                 None
             };
@@ -289,14 +290,15 @@ fn replayable(route: &Route, body: UpstreamBody, retry: bool, limit: u64) -> (Up
     }
 }
 
-/// Reads the start of an error answer, bounded in size and time; a failure
-/// leaves what was read (the client then sees the answer cut short, as it
-/// would have anyway).
-async fn peek_bounded(body: &mut Incoming, config: &Config) -> VecDeque<Frame<Bytes>> {
-    match tokio::time::timeout(config.limits.request_timeout, peek(body, PEEK_LIMIT)).await {
-        Ok(Ok(frames)) => frames,
-        Ok(Err(_)) | Err(_) => VecDeque::new(),
-    }
+/// Reads the start of an error answer into `frames`, bounded in size and
+/// time; a failure leaves what was read (the client then gets it, and the
+/// answer ends short, as it would have anyway).
+async fn peek_bounded(body: &mut Incoming, config: &Config, frames: &mut VecDeque<Frame<Bytes>>) {
+    let _ = tokio::time::timeout(
+        config.limits.request_timeout,
+        peek(body, PEEK_LIMIT, frames),
+    )
+    .await;
 }
 
 fn log_over_limit(route: &Route, limit: u64) {
