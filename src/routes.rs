@@ -31,11 +31,36 @@ pub(crate) struct UpstreamBase {
     base_path: Box<str>,
 }
 
+/// `url` cut before any `?` and without user info (`user:pass@`).
+fn shown_url(url: &str) -> String {
+    let url = url.split('?').next().unwrap_or_default();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let mut out = String::new();
+    if !scheme.is_empty() {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    out.push_str(host);
+    if let Some(p) = path {
+        out.push('/');
+        out.push_str(p);
+    }
+    out
+}
+
 impl FromStr for UpstreamBase {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let uri: Uri = s.parse().map_err(|_| {
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        // Errors show the URL without a query or user info, which could
+        // hold a key (`?key=AIza...`, `https://user:secret@host`).
+        let shown = shown_url(raw);
+        let s = shown.as_str();
+        let uri: Uri = raw.parse().map_err(|_| {
             format!("`{s}` is not a URL; expected e.g. \"https://api.example.com/v1\"")
         })?;
         let scheme = uri
@@ -58,7 +83,9 @@ impl FromStr for UpstreamBase {
             );
         }
         if uri.query().is_some() {
-            return Err(format!("`{s}`: an upstream URL must not have a query"));
+            return Err(format!(
+                "`{s}?…`: an upstream URL must not have a query (put a key in `key`, not in the URL)"
+            ));
         }
         Ok(Self {
             scheme,

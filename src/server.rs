@@ -95,7 +95,11 @@ pub(crate) async fn serve_proxy(
         tokio::pin!(delay);
         loop {
             tokio::select! {
-                accepted = listener.accept() => if let Ok((stream, _)) = accepted { accept_one(stream) },
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => accept_one(stream),
+                    // Out of file descriptors: pause rather than spin.
+                    Err(_) => tokio::time::sleep(ACCEPT_ERROR_PAUSE).await,
+                },
                 () = &mut delay => break,
             }
         }

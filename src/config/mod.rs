@@ -94,6 +94,27 @@ pub enum ConfigError {
     },
 }
 
+/// `message` with every double-quoted value replaced by `"…"`: serde quotes
+/// the offending value (which may be a key pasted in the wrong place) in
+/// double quotes, and names keys in backticks, which stay.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut inside = true;
+    for part in parts {
+        if inside {
+            out.push_str("\"…\"");
+        } else {
+            out.push_str(part);
+        }
+        inside = !inside;
+    }
+    out
+}
+
 fn key_prefix(key: &Option<String>) -> String {
     key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
 }
@@ -295,7 +316,12 @@ impl Config {
         let raw: ConfigToml = toml::from_str(text).map_err(|e| {
             // `e.message()` without the source snippet that `Display` adds:
             // the offending line may hold a secret pasted in the wrong place.
-            cx.error(e.span().unwrap_or(0..0), None, e.message().trim())
+            // Nor a quoted value ("invalid type: string \"sk-...\"").
+            cx.error(
+                e.span().unwrap_or(0..0),
+                None,
+                redact_quoted(e.message().trim()),
+            )
         })?;
         cx.config(raw, source, required, overrides)
     }
@@ -776,6 +802,26 @@ impl Cx<'_> {
         }
 
         let vertex = if family == Family::Vertex {
+            // Spliced into the host name and the path: checked here, so a
+            // typo is a config error and not a 400 blaming the client.
+            let ident = |v: Option<&Spanned<String>>, key: &str, extra: &[char]| {
+                let Some(v) = v else { return Ok(()) };
+                let text = v.get_ref();
+                if !text.is_empty()
+                    && text.chars().all(|c| {
+                        c.is_ascii_lowercase()
+                            || c.is_ascii_digit()
+                            || c == '-'
+                            || extra.contains(&c)
+                    })
+                {
+                    Ok(())
+                } else {
+                    Err(self.at(v, &k(key), "expected lowercase letters, digits and `-` (e.g. \"us-central1\", \"my-project\")"))
+                }
+            };
+            ident(r.location.as_ref(), "location", &[])?;
+            ident(r.project.as_ref(), "project", &['.', ':'])?;
             Some(VertexConfig {
                 credentials: match &r.credentials {
                     Some(c) => self.key_spec(c, &k("credentials"), true)?,

@@ -196,3 +196,31 @@ fn bad_route_names_and_headers_are_errors() {
             .contains("managed by sidekey")
     );
 }
+
+#[test]
+fn values_that_may_be_keys_are_never_echoed() {
+    // A key pasted where a list belongs: serde would quote it.
+    let e = err("[routes.o]\ntype = \"openai\"\nmodels = \"sk-proj-SECRET\"\n");
+    assert!(!e.contains("SECRET"), "{e}");
+    // A key in the upstream URL's query or user info.
+    let e =
+        err("[routes.g]\ntype = \"gemini\"\nupstream = \"https://h.example/v1?key=AIzaSECRET\"\n");
+    assert!(
+        e.contains("must not have a query") && !e.contains("SECRET"),
+        "{e}"
+    );
+    let e = err("[routes.g]\ntype = \"gemini\"\nupstream = \"ftp://u:SECRET@h.example/v1\"\n");
+    assert!(!e.contains("SECRET"), "{e}");
+}
+
+#[test]
+fn vertex_location_and_project_are_checked() {
+    let route =
+        |extra: &str| format!("[routes.v]\ntype = \"vertex\"\ncredentials = \"metadata\"\n{extra}");
+    parse(&route(
+        "location = \"us-central1\"\nproject = \"my-proj\"\n",
+    ))
+    .unwrap();
+    assert!(err(&route("location = \"US Central\"\n")).contains("routes.v.location"));
+    assert!(err(&route("project = \"p/../x\"\n")).contains("routes.v.project"));
+}
