@@ -1,6 +1,7 @@
 //! Command-line flags. Every flag has a `SIDEKEY_*` environment twin, named
 //! by one rule (`--log-format` ↔ `SIDEKEY_LOG_FORMAT`); a flag beats its
-//! variable, which beats the default.
+//! variable, which beats the config file (for `--listen`/`--admin-listen`),
+//! which beats the default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -20,14 +20,19 @@
 //! - `providers`: the provider table and per-family injection (one row per type).
 //! - `upstream`: the pooled rustls client (ring, webpki roots + `ca_file`).
 //! - `config`: `sidekey.toml` → validated config, with file:line errors.
-//! - `reload`: the immutable snapshot behind an `ArcSwap`.
+//! - `reload`: the immutable snapshot behind an `ArcSwap`, and the watcher.
+//! - `tokens`: Vertex OAuth2 access tokens (JWT grant, metadata server),
+//!   cached and refreshed in the background.
+//! - `env`: environment lookup passed in (tests use a map, not `set_var`).
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
 //! - `error`: sidekey's own errors and the one envelope builder.
 //! - [`check`], [`cli`], [`shutdown`], [`telemetry`]: the binary's pieces.
 //!
-//! The request path loads one snapshot per request, takes no lock, copies no
-//! header map, formats no static credential (header values are prepared when
-//! a snapshot is built) and buffers no response.
+//! The request path loads one snapshot per request, takes no shared lock,
+//! formats no static credential (header values are prepared when a snapshot
+//! is built) and buffers no response. It copies the header map only when a
+//! retry is possible (a fallback, a pool or Vertex), and a kept body sits
+//! behind an uncontended per-request mutex.
 
 mod admin;
 pub mod check;

@@ -43,12 +43,13 @@ pub struct LogGuard(
 ///
 /// When the filter does not parse or a subscriber is already installed.
 pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
-    let directives = env
+    let (from, directives) = env
         .var(ENV_LOG)
-        .or_else(|| env.var("RUST_LOG"))
-        .unwrap_or_else(|| "info".to_owned());
+        .map(|d| (ENV_LOG, d))
+        .or_else(|| env.var("RUST_LOG").map(|d| ("RUST_LOG", d)))
+        .unwrap_or_else(|| ("default", "info".to_owned()));
     let filter = EnvFilter::try_new(&directives)
-        .map_err(|e| format!("{ENV_LOG}={directives:?} is not a valid filter: {e}"))?;
+        .map_err(|e| format!("{from}={directives:?} is not a valid filter: {e}"))?;
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)

@@ -64,7 +64,8 @@ pub(crate) enum Family {
     ApiKey,
     /// A key and endpoint per deployment, chosen from the path.
     Azure,
-    /// OAuth2 tokens from a service account (not yet supported: 501).
+    /// OAuth2 access tokens minted from a service account or the GKE
+    /// metadata server ([`crate::tokens`]).
     Vertex,
     /// SigV4-signed requests (not yet supported: 501).
     Aws,

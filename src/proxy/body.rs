@@ -51,8 +51,8 @@ impl Outcome {
 }
 
 /// What is known about a request when its response ends. Dropping it records
-/// the request: one metrics update and one access-log line.
-#[derive(Debug)]
+/// the request: one metrics update and one access-log line. `Debug` shows
+/// the path, never the query.
 pub(crate) struct Done {
     pub(crate) metrics: Arc<RouteMetrics>,
     pub(crate) start: Instant,
@@ -70,6 +70,20 @@ pub(crate) struct Done {
     /// The response's place on its upstream connection: freed with the record.
     #[allow(dead_code, reason = "held for its Drop, which frees the place")]
     pub(crate) lane: Option<LaneGuard>,
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Done")
+            .field("route", &self.metrics.route())
+            .field("method", &self.method)
+            .field("path", &self.uri.path())
+            .field("status", &self.status)
+            .field("fingerprint", &self.fingerprint)
+            .field("attempts", &self.attempts)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Done {
