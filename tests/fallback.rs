@@ -70,6 +70,15 @@ async fn openai_route(prefix: &str, key: &str, env: MapEnv) -> (tempfile::TempDi
     (dir, mock, sidekey)
 }
 
+/// sidekey with a gemini route to `mock`, keyed `{ default = bad, fallback = good }`.
+async fn gemini_route(dir: &std::path::Path, mock: &Mock, bad: &str, good: &str) -> Running {
+    let config = format!(
+        "[routes.gemini]\ntype = \"gemini\"\nupstream = \"{}\"\nkey = {{ default = \"env::BAD\", fallback = \"env::GOOD\" }}\n",
+        mock.url
+    );
+    start_in(dir, &config, MapEnv::new([("BAD", bad), ("GOOD", good)])).await
+}
+
 async fn metric(sidekey: &Running, prefix: &str) -> f64 {
     let text = client::get(&sidekey.admin_url("/metrics")).await.text();
     text.lines()
@@ -614,16 +623,7 @@ async fn gemini_key_errors_in_the_body_trigger_the_fallback_and_others_pass_thro
         Reply::json(200, serde_json::json!({"key": key}).to_string())
     })
     .await;
-    let config = format!(
-        "[routes.gemini]\ntype = \"gemini\"\nupstream = \"{}\"\nkey = {{ default = \"env::BAD\", fallback = \"env::GOOD\" }}\n",
-        mock.url
-    );
-    let sidekey = start_in(
-        dir.path(),
-        &config,
-        MapEnv::new([("BAD", "AIza-bad"), ("GOOD", "AIza-good")]),
-    )
-    .await;
+    let sidekey = gemini_route(dir.path(), &mock, "AIza-bad", "AIza-good").await;
     let resp = post(&sidekey, "/gemini/v1beta/models/m:generateContent", "{}").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()["key"], "AIza-good");
@@ -660,16 +660,7 @@ async fn a_gzipped_gemini_key_error_is_read_and_triggers_the_fallback() {
         Reply::json(200, serde_json::json!({"key": key}).to_string())
     })
     .await;
-    let config = format!(
-        "[routes.gemini]\ntype = \"gemini\"\nupstream = \"{}\"\nkey = {{ default = \"env::BAD\", fallback = \"env::GOOD\" }}\n",
-        mock.url
-    );
-    let sidekey = start_in(
-        dir.path(),
-        &config,
-        MapEnv::new([("BAD", "AIza-bad-gz"), ("GOOD", "AIza-good-gz")]),
-    )
-    .await;
+    let sidekey = gemini_route(dir.path(), &mock, "AIza-bad-gz", "AIza-good-gz").await;
     let resp = client::send(request(
         Method::POST,
         &sidekey.url("/gemini/v1beta/models/m:generateContent"),

@@ -115,6 +115,17 @@ fn redact_quoted(message: &str) -> String {
     out
 }
 
+/// The rule behind `inbound_token`: a proxy socket beyond loopback needs a
+/// token unless `allow_unauthenticated` says otherwise. Checked when a config
+/// is parsed and, against the socket actually bound, on every reload.
+pub(crate) fn open_to_anyone(
+    listen: SocketAddr,
+    has_token: bool,
+    allow_unauthenticated: bool,
+) -> bool {
+    !listen.ip().is_loopback() && !has_token && !allow_unauthenticated
+}
+
 fn key_prefix(key: &Option<String>) -> String {
     key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
 }
@@ -483,7 +494,7 @@ impl Cx<'_> {
                 Some(loc)
             }
         };
-        if !listen.ip().is_loopback() && inbound_token.is_none() && !raw.allow_unauthenticated {
+        if open_to_anyone(listen, inbound_token.is_some(), raw.allow_unauthenticated) {
             let span = raw.listen.as_ref().map_or(0..0, Spanned::span);
             return Err(self.error(
                 span,

@@ -206,12 +206,23 @@ impl KeySet {
         env: &dyn Env,
         scope: &HealthScope<'_>,
     ) -> Self {
+        Self::build(spec, scope, |location| {
+            resolve_one(location, prefix, env, scope)
+        })
+    }
+
+    /// The set of `spec`'s locations, each resolved by `value`.
+    fn build(
+        spec: &KeySpec,
+        scope: &HealthScope<'_>,
+        mut value: impl FnMut(&Location) -> KeyValue,
+    ) -> Self {
         let keys = spec
             .locations
             .iter()
             .map(|location| Key {
                 location: location.clone(),
-                value: resolve_one(location, prefix, env, scope),
+                value: value(location),
             })
             .collect();
         Self {
@@ -384,19 +395,9 @@ impl KeySet {
         client: &Client,
         metrics: &Arc<RouteMetrics>,
     ) -> Self {
-        let keys = spec
-            .locations
-            .iter()
-            .map(|location| Key {
-                location: location.clone(),
-                value: resolve_token(location, env, scope, tokens, client, metrics),
-            })
-            .collect();
-        Self {
-            policy: spec.policy,
-            keys,
-            cursor: scope.registry.cursor(scope.route, scope.label),
-        }
+        Self::build(spec, scope, |location| {
+            resolve_token(location, env, scope, tokens, client, metrics)
+        })
     }
 }
 

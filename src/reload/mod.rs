@@ -92,10 +92,11 @@ impl Shared {
     /// the still-public socket to anyone.
     fn keeps_the_socket_safe(&self, config: Config) -> Result<Config, String> {
         let bound = self.bound_listen;
-        if bound.ip().is_loopback()
-            || config.inbound_token.is_some()
-            || config.allow_unauthenticated
-        {
+        if !crate::config::open_to_anyone(
+            bound,
+            config.inbound_token.is_some(),
+            config.allow_unauthenticated,
+        ) {
             return Ok(config);
         }
         Err(format!(

@@ -250,19 +250,14 @@ impl Snapshot {
         }
         // `env_is_path`: a Vertex `env::NAME` holds the *path* of the
         // service-account JSON, a file like any other.
-        let mut add = |loc: &Location, env_is_path: bool| match loc {
-            Location::Path(p) => files.push(p.clone()),
-            Location::PathFromEnv(var) => {
+        let mut add = |loc: &Location, env_is_path: bool| match (loc, env_is_path) {
+            (Location::Path(p), _) => files.push(p.clone()),
+            (Location::PathFromEnv(var), _) | (Location::Env(var), true) => {
                 if let Some(p) = env.var(var) {
                     files.push(PathBuf::from(p));
                 }
             }
-            Location::Env(var) if env_is_path => {
-                if let Some(p) = env.var(var) {
-                    files.push(PathBuf::from(p));
-                }
-            }
-            Location::Env(_) | Location::Dynamic(_) | Location::None | Location::Metadata => {}
+            (Location::Env(_) | Location::Dynamic(_) | Location::None | Location::Metadata, _) => {}
         };
         for route in self.routes.iter_sorted() {
             let tokens = route.spec.family == crate::providers::Family::Vertex;
