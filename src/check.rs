@@ -10,7 +10,8 @@ use std::io::{self, Write};
 use crate::config::{Config, ConfigSource, Overrides};
 use crate::credentials::{KeySet, KeyValue, Policy};
 use crate::env::Env;
-use crate::reload::snapshot::{InboundToken, Snapshot};
+use crate::files::Direct;
+use crate::reload::snapshot::{InboundToken, Inputs, Snapshot};
 use crate::routes::{Route, Targets};
 
 /// Exit status: the config is invalid (`EX_USAGE`, as linkerd uses it).
@@ -54,7 +55,7 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> io::Result<Verdict> {
-    let config = match Config::load(source, env, overrides) {
+    let config = match Config::load(source, env, &Direct, overrides) {
         Ok(c) => c,
         Err(e) => {
             writeln!(err, "error: {e}")?;
@@ -63,7 +64,13 @@ pub fn run(
     };
     // Offline: service-account keys are loaded, no token is minted.
     let reg = crate::reload::Registries::offline();
-    let snap = match Snapshot::build(config, env, &reg) {
+    let inputs = Inputs {
+        env,
+        files: &Direct,
+        reg: &reg,
+        prev: None,
+    };
+    let snap = match Snapshot::build(config, &inputs) {
         Ok(s) => s,
         Err(e) => {
             writeln!(err, "error: {}: {e}", source.display_name())?;

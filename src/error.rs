@@ -33,8 +33,13 @@ pub(crate) enum ProxyError {
     DotSegment,
     #[error("missing or wrong inbound token: send it as the API key or in x-sidekey-token")]
     Unauthorized,
-    #[error("inbound token unavailable: {0}")]
-    InboundTokenUnavailable(String),
+    /// Fail closed: the token file is missing, empty or unreadable. The
+    /// location is not told to a client that may be anyone; the log and
+    /// `/readyz` name it.
+    #[error(
+        "the inbound token of this sidekey is unavailable (see its log and /readyz): requests are refused until it is restored"
+    )]
+    InboundTokenUnavailable,
     #[error("route {route}: model `{model}` is not allowed on this route")]
     ModelNotAllowed { route: String, model: String },
     #[error(
@@ -109,9 +114,10 @@ impl ProxyError {
             Self::RequestBody { .. } => (S::BAD_REQUEST, "bad_request_body"),
             Self::NoModel { .. } => (S::BAD_REQUEST, "model_missing"),
             Self::BadVertexPath { .. } => (S::BAD_REQUEST, "bad_vertex_path"),
-            Self::CredentialUnavailable { .. } | Self::InboundTokenUnavailable(_) => {
+            Self::CredentialUnavailable { .. } => {
                 (S::SERVICE_UNAVAILABLE, "credential_unavailable")
             }
+            Self::InboundTokenUnavailable => (S::UNAUTHORIZED, "inbound_token_unavailable"),
             Self::UpstreamUnreachable { .. } => (S::BAD_GATEWAY, "upstream_unreachable"),
             Self::UpstreamTimeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
             Self::NotImplemented { .. } => (S::NOT_IMPLEMENTED, "not_implemented"),

@@ -20,10 +20,14 @@
 //! - `providers`: the provider table and per-family injection (one row per type).
 //! - `upstream`: the pooled rustls client (ring, webpki roots + `ca_file`).
 //! - `config`: `sidekey.toml` → validated config, with file:line errors.
-//! - `reload`: the immutable snapshot behind an `ArcSwap`, and the watcher.
+//! - `reload`: the immutable snapshot behind an `ArcSwap`; the watcher and
+//!   the reload thread; the stability rule for files being written; last
+//!   good values for credentials that cannot be read.
 //! - `tokens`: Vertex OAuth2 access tokens (JWT grant, metadata server),
 //!   cached and refreshed in the background.
 //! - `env`: environment lookup passed in (tests use a map, not `set_var`).
+//! - `files`: bounded reads of configured files (regular files only,
+//!   size caps, never blocking on a FIFO).
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
 //! - `error`: sidekey's own errors and the one envelope builder.
 //! - [`check`], [`cli`], [`shutdown`], [`telemetry`]: the binary's pieces.
@@ -41,6 +45,7 @@ mod config;
 mod credentials;
 pub mod env;
 mod error;
+mod files;
 mod providers;
 mod proxy;
 mod reload;
@@ -54,12 +59,14 @@ mod upstream;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 pub use config::{ConfigError, ConfigSource, Overrides};
 pub use credentials::{Fingerprint, Secret};
 pub use env::{Env, MapEnv, ProcessEnv};
+pub use files::FileError;
 
 use admin::metrics::ReloadResult;
 use config::Config;
@@ -128,10 +135,24 @@ impl Server {
     /// [`StartError`] for an invalid config or an address that cannot be bound.
     pub async fn start(options: Options) -> Result<Self, StartError> {
         let started = tokio::time::Instant::now();
-        let config = Config::load(&options.config, options.env.as_ref(), &options.overrides)?;
+        let journal = Arc::new(reload::gate::Journal::default());
+        let gate = reload::gate::Gate::new(&journal, reload::Trigger::Startup, Duration::ZERO);
+        let config = Config::load(
+            &options.config,
+            options.env.as_ref(),
+            &gate,
+            &options.overrides,
+        )?;
         let reg = Registries::online();
-        let snap = Snapshot::build(config, options.env.as_ref(), &reg)
+        let inputs = reload::Inputs {
+            env: options.env.as_ref(),
+            files: &gate,
+            reg: &reg,
+            prev: None,
+        };
+        let snap = Snapshot::build(config, &inputs)
             .map_err(|e| StartError::Tls(format!("{}: {e}", options.config.display_name())))?;
+        journal.commit(gate.finish().0);
         reg.metrics.reload(ReloadResult::Ok, started.elapsed());
         for p in &snap.problems {
             tracing::warn!(problem = %p, "credential unavailable");
@@ -149,6 +170,7 @@ impl Server {
             options.env,
             options.config,
             options.overrides,
+            journal,
         ));
         let reloader = reload::watch::Reloader::new(shared.clone());
         Ok(Self {

@@ -187,6 +187,13 @@ impl Route {
             .is_none_or(|models| models.iter().any(|m| **m == *model))
     }
 
+    /// The credential setting named `label`, as [`Route::key_sets`] names it.
+    pub(crate) fn key_set(&self, label: &str) -> Option<&KeySet> {
+        self.key_sets()
+            .into_iter()
+            .find_map(|(l, k)| (l == label).then_some(k))
+    }
+
     /// Every key set of the route, with a label (for `check` and `/readyz`).
     pub(crate) fn key_sets(&self) -> Vec<(String, &KeySet)> {
         let mut out = Vec::new();

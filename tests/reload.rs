@@ -17,67 +17,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::client;
+use common::echo::{self, WAIT, route};
 use common::kubelet::{SecretVolume, editor_replace, truncate_then_write, write_in_place};
-use common::mock::{Mock, Recorded, Reply, Transport};
 use common::sidekey::{Running, start_in};
 use sidekey::MapEnv;
 use tokio::time::Instant;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-/// A provider that answers with the credential it received.
-async fn echo_mock() -> Mock {
-    Mock::start(Transport::Plain, |r: &Recorded| {
-        let auth = r.header("authorization").unwrap_or("");
-        Reply::json(200, serde_json::json!({ "auth": auth }).to_string())
-    })
-    .await
-}
-
-/// The credential the provider saw for one request through `route`, or
-/// sidekey's error when the request did not reach the provider.
-async fn try_key_seen(sidekey: &Running, route: &str) -> Result<String, String> {
-    let resp = client::get(&sidekey.url(&format!("/{route}/v1/models"))).await;
-    if resp.status != 200 {
-        return Err(resp.text());
-    }
-    Ok(resp.json()["auth"].as_str().unwrap().to_owned())
-}
-
-/// Like [`try_key_seen`], for a request that must succeed.
+/// The credential the provider saw for one request through `route`.
 async fn key_seen(sidekey: &Running, route: &str) -> String {
-    try_key_seen(sidekey, route)
-        .await
-        .unwrap_or_else(|e| panic!("request through {route} failed: {e}"))
+    echo::key_seen(&sidekey.url(""), route).await
 }
 
 async fn wait_for_key(sidekey: &Running, route: &str, want: &str) {
-    let want = format!("Bearer {want}");
-    common::eventually(&format!("{want} to be used"), WAIT, || async {
-        (try_key_seen(sidekey, route).await.as_deref() == Ok(want.as_str())).then_some(())
-    })
-    .await;
+    echo::wait_for_key(&sidekey.url(""), route, want).await;
 }
 
 async fn metric(sidekey: &Running, line_prefix: &str) -> f64 {
-    let text = client::get(&sidekey.admin_url("/metrics")).await.text();
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {line_prefix} in:\n{text}"))
-}
-
-fn route(name: &str, upstream: &str, location: &str) -> String {
-    format!(
-        "[routes.{name}]\ntype = \"openai-compatible\"\nupstream = \"{upstream}\"\nkey = \"{location}\"\n"
-    )
+    echo::metric(&sidekey.admin_url(""), line_prefix)
+        .await
+        .unwrap_or_else(|| panic!("no {line_prefix} in /metrics"))
 }
 
 #[tokio::test]
 async fn kubelet_secret_updates_are_picked_up_every_time() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let mut vol =
         SecretVolume::create(&dir.path().join("secrets/openai"), &[("key", "sk-gen-1\n")]);
     let config = route("openai", &mock.url, &vol.location("key"));
@@ -111,7 +75,7 @@ async fn kubelet_secret_updates_are_picked_up_every_time() {
 #[tokio::test]
 async fn plain_writes_truncations_and_editor_renames_are_picked_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let key = dir.path().join("keys/openai");
     std::fs::create_dir_all(key.parent().unwrap()).unwrap();
     std::fs::write(&key, "sk-plain-0\n").unwrap();
@@ -149,7 +113,7 @@ async fn plain_writes_truncations_and_editor_renames_are_picked_up() {
 #[tokio::test]
 async fn config_changes_add_and_remove_routes() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let config = route("a", &mock.url, "env::KEY_A");
     let env = MapEnv::new([("KEY_A", "sk-a"), ("KEY_B", "sk-b")]);
     let sidekey = start_in(dir.path(), &config, env).await;
@@ -178,7 +142,7 @@ async fn config_changes_add_and_remove_routes() {
 #[tokio::test]
 async fn a_broken_config_keeps_the_last_good_one_until_fixed() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let mut vol = SecretVolume::create(&dir.path().join("secrets"), &[("key", "sk-good\n")]);
     let good = route("openai", &mock.url, &vol.location("key"));
     let sidekey = start_in(dir.path(), &good, MapEnv::default()).await;
@@ -236,7 +200,7 @@ async fn a_broken_config_keeps_the_last_good_one_until_fixed() {
 #[tokio::test]
 async fn a_key_file_that_disappears_keeps_the_previous_key() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let key = dir.path().join("key");
     std::fs::write(&key, "sk-kept\n").unwrap();
     let sidekey = start_in(
@@ -267,7 +231,7 @@ async fn twenty_rotations_under_continuous_load_lose_nothing() {
     const ROTATIONS: usize = 20;
     const CLIENTS: usize = 4;
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let key = |i: usize| format!("sk-rotation-{i:02}");
     let mut vol = SecretVolume::create(
         &dir.path().join("secrets"),
@@ -349,24 +313,13 @@ async fn twenty_rotations_under_continuous_load_lose_nothing() {
 
 /// The provider's view of one request through a subprocess sidekey.
 async fn key_via(proc: &common::process::Proc) -> String {
-    let resp = client::get(&proc.url("/openai/v1/models")).await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    resp.json()["auth"].as_str().unwrap().to_owned()
-}
-
-async fn send_signal(proc: &common::process::Proc, signal: &str) {
-    let status = tokio::process::Command::new("kill")
-        .args([signal, &proc.pid().to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
+    echo::key_seen(&proc.url(""), "openai").await
 }
 
 #[tokio::test]
 async fn sighup_reloads_and_the_timer_rereads_without_watches() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let key = dir.path().join("key");
     std::fs::write(&key, "sk-hup-0\n").unwrap();
     let config = dir.path().join("sidekey.toml");
@@ -400,7 +353,7 @@ async fn sighup_reloads_and_the_timer_rereads_without_watches() {
         "Bearer sk-hup-0",
         "picked up without watches or SIGHUP"
     );
-    send_signal(&proc, "-HUP").await;
+    proc.signal("-HUP").await;
     common::eventually("SIGHUP to reload", WAIT, || async {
         (key_via(&proc).await == "Bearer sk-hup-1").then_some(())
     })
@@ -409,7 +362,7 @@ async fn sighup_reloads_and_the_timer_rereads_without_watches() {
     // A short timer picks changes up on its own, and an unchanged re-read
     // swaps nothing and logs nothing.
     write_config("200ms");
-    send_signal(&proc, "-HUP").await;
+    proc.signal("-HUP").await;
     common::eventually("the timer setting to apply", WAIT, || async {
         proc.stderr().contains("settings changed").then_some(())
     })
@@ -444,7 +397,7 @@ async fn sighup_reloads_and_the_timer_rereads_without_watches() {
 #[tokio::test]
 async fn a_new_listen_address_is_reported_as_needing_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let config = dir.path().join("sidekey.toml");
     let body = route("openai", &mock.url, "env::K");
     std::fs::write(
@@ -476,7 +429,7 @@ async fn a_new_listen_address_is_reported_as_needing_a_restart() {
 #[tokio::test]
 async fn a_reload_cannot_drop_the_inbound_token_of_a_public_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo_mock().await;
+    let mock = echo::mock().await;
     let body = route("openai", &mock.url, "env::K");
     // Bound on every interface (traffic in this test stays on 127.0.0.1).
     let public = format!("listen = \"0.0.0.0:0\"\ninbound_token = \"env::INBOUND\"\n{body}");

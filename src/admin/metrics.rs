@@ -16,6 +16,9 @@
 //!   `sidekey_token_expiry_timestamp_seconds{route,credential}` gauge
 //! - `sidekey_reloads_total{result}` counter, `sidekey_reload_duration_seconds` histogram,
 //!   `sidekey_last_reload_success_timestamp_seconds` gauge
+//! - `sidekey_credential_info{route,credential,location,fingerprint}` gauge (1),
+//!   `sidekey_credential_stale_seconds{route,credential,location}` gauge,
+//!   `sidekey_config_stale_seconds` gauge
 //! - `sidekey_build_info{version}` gauge
 
 use std::collections::BTreeMap;
@@ -189,6 +192,32 @@ pub(crate) struct Live {
     pub(crate) rested: Vec<(String, usize)>,
     /// (route, credential location, Unix expiry) of each token source.
     pub(crate) token_expiry: Vec<(String, String, u64)>,
+    /// Every credential read from a location.
+    pub(crate) credentials: Vec<CredentialLive>,
+    /// How long the config on disk has not been the one served (0: it is).
+    pub(crate) config_stale_seconds: f64,
+}
+
+/// One credential as the current snapshot serves it.
+#[derive(Debug, Clone)]
+pub(crate) struct CredentialLive {
+    pub(crate) route: String,
+    /// `key`, `deployments.NAME.key`, `headers.NAME`, `credentials`.
+    pub(crate) credential: String,
+    pub(crate) location: String,
+    /// Of the value served; `None` when nothing is (missing).
+    pub(crate) fingerprint: Option<String>,
+    /// How long the value served has been older than its location (0: it is
+    /// current).
+    pub(crate) stale_seconds: f64,
+}
+
+/// `value` escaped for a Prometheus label (`\`, `"` and newlines).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The result of a reload attempt, as counted.
@@ -321,9 +350,10 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "sidekey_token_expiry_timestamp_seconds{{route=\"{route}\",credential=\"{}\"}} {expiry}",
-                credential.replace('\\', "\\\\").replace('"', "\\\"")
+                label(credential)
             );
         }
+        render_credentials(&mut out, live);
 
         out.push_str("# HELP sidekey_reloads_total Reload attempts, by result (error: the last good config stayed).\n");
         out.push_str("# TYPE sidekey_reloads_total counter\n");
@@ -362,6 +392,42 @@ impl Metrics {
     }
 }
 
+/// Which value each credential serves, and how stale it is.
+fn render_credentials(out: &mut String, live: &Live) {
+    out.push_str("# HELP sidekey_credential_info The fingerprint of the value each credential serves now (1 per credential).\n");
+    out.push_str("# TYPE sidekey_credential_info gauge\n");
+    for c in &live.credentials {
+        if let Some(fp) = &c.fingerprint {
+            let _ = writeln!(
+                out,
+                "sidekey_credential_info{{route=\"{}\",credential=\"{}\",location=\"{}\",fingerprint=\"{fp}\"}} 1",
+                c.route,
+                label(&c.credential),
+                label(&c.location)
+            );
+        }
+    }
+    out.push_str("# HELP sidekey_credential_stale_seconds How long a credential has served its last good value because its location cannot be applied (0: current).\n");
+    out.push_str("# TYPE sidekey_credential_stale_seconds gauge\n");
+    for c in &live.credentials {
+        let _ = writeln!(
+            out,
+            "sidekey_credential_stale_seconds{{route=\"{}\",credential=\"{}\",location=\"{}\"}} {:.3}",
+            c.route,
+            label(&c.credential),
+            label(&c.location),
+            c.stale_seconds
+        );
+    }
+    out.push_str("# HELP sidekey_config_stale_seconds How long the config on disk has not been applied (0: it is).\n");
+    out.push_str("# TYPE sidekey_config_stale_seconds gauge\n");
+    let _ = writeln!(
+        out,
+        "sidekey_config_stale_seconds {:.3}",
+        live.config_stale_seconds
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +442,14 @@ mod tests {
         let live = Live {
             rested: vec![("openai".to_owned(), 1)],
             token_expiry: vec![("vertex".to_owned(), "path::/sa.json".to_owned(), 42)],
+            credentials: vec![CredentialLive {
+                route: "openai".to_owned(),
+                credential: "key".to_owned(),
+                location: "path::/k\"ey".to_owned(),
+                fingerprint: Some("sha256:1f2e3d4c".to_owned()),
+                stale_seconds: 1.5,
+            }],
+            config_stale_seconds: 0.0,
         };
         let text = m.render(&live);
         assert!(
@@ -396,6 +470,9 @@ mod tests {
         assert!(text.contains("sidekey_request_duration_seconds_count{route=\"openai\"} 3"));
         assert!(text.contains("sidekey_credential_keys_rested{route=\"openai\"} 1"));
         assert!(text.contains("sidekey_token_expiry_timestamp_seconds{route=\"vertex\",credential=\"path::/sa.json\"} 42"));
+        assert!(text.contains("sidekey_credential_info{route=\"openai\",credential=\"key\",location=\"path::/k\\\"ey\",fingerprint=\"sha256:1f2e3d4c\"} 1"), "{text}");
+        assert!(text.contains("sidekey_credential_stale_seconds{route=\"openai\",credential=\"key\",location=\"path::/k\\\"ey\"} 1.500"));
+        assert!(text.contains("sidekey_config_stale_seconds 0.000"));
         assert!(
             Arc::ptr_eq(&r, &m.route("openai")),
             "metrics survive reloads"

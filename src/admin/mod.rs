@@ -7,7 +7,9 @@
 //! - `GET /healthz`: 200 while the process serves (liveness).
 //! - `GET /readyz`: 200 when a snapshot is loaded and every configured route
 //!   has a usable credential; 503 with the reasons (locations, never values)
-//!   otherwise, and from the moment shutdown begins.
+//!   otherwise, and from the moment shutdown begins. Either way the body
+//!   lists what is stale (the config or credentials serving their last good
+//!   value because the files on disk cannot be applied).
 //! - `GET /metrics`: Prometheus text; names are listed in [`metrics`].
 
 pub(crate) mod metrics;
@@ -72,10 +74,11 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => readyz(shared),
         "/metrics" => {
-            let mut resp = text(
-                StatusCode::OK,
-                shared.reg.metrics.render(&shared.snapshot().live_metrics()),
-            );
+            let mut live = shared.snapshot().live_metrics();
+            live.config_stale_seconds = shared
+                .config_stale()
+                .map_or(0.0, |c| c.since.elapsed().as_secs_f64());
+            let mut resp = text(StatusCode::OK, shared.reg.metrics.render(&live));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -98,14 +101,33 @@ fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
     }
     let snap = shared.snapshot();
     let mut problems = snap.readiness_problems().peekable();
-    if problems.peek().is_none() {
-        return text(StatusCode::OK, "ready\n".to_owned());
+    let (status, mut body) = if problems.peek().is_none() {
+        (StatusCode::OK, String::from("ready\n"))
+    } else {
+        let mut body = String::from("not ready: credentials unavailable\n");
+        for p in problems {
+            let _ = writeln!(body, "  {p}");
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    };
+    // Staleness never changes the status (the values served still work),
+    // but an operator reading the probe sees it.
+    let config = shared.config_stale();
+    if config.is_some() || !snap.stale.is_empty() {
+        body.push_str("stale: serving last good values, the files on disk cannot be applied\n");
     }
-    let mut body = String::from("not ready: credentials unavailable\n");
-    for p in problems {
-        let _ = writeln!(body, "  {p}");
+    if let Some(c) = config {
+        let _ = writeln!(
+            body,
+            "  config ({}s): {}",
+            c.since.elapsed().as_secs(),
+            c.reason
+        );
     }
-    text(StatusCode::SERVICE_UNAVAILABLE, body)
+    for st in &snap.stale {
+        let _ = writeln!(body, "  {st} ({}s)", st.since.elapsed().as_secs());
+    }
+    text(status, body)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

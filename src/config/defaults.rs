@@ -67,6 +67,7 @@ mod tests {
         let cfg = Config::load(
             &ConfigSource::BuiltIn,
             &MapEnv::default(),
+            &crate::files::Direct,
             &Overrides::default(),
         )
         .unwrap();
@@ -91,7 +92,13 @@ mod tests {
     #[test]
     fn azure_route_appears_with_its_endpoint() {
         let env = MapEnv::new([(ENV_AZURE_ENDPOINT, "https://res.openai.azure.com/")]);
-        let cfg = Config::load(&ConfigSource::BuiltIn, &env, &Overrides::default()).unwrap();
+        let cfg = Config::load(
+            &ConfigSource::BuiltIn,
+            &env,
+            &crate::files::Direct,
+            &Overrides::default(),
+        )
+        .unwrap();
         let azure = cfg.routes.iter().find(|r| r.name == "azure").unwrap();
         assert_eq!(
             azure.upstream.as_ref().unwrap().to_string(),
@@ -102,7 +109,13 @@ mod tests {
     #[test]
     fn odd_endpoints_cannot_inject_toml() {
         let env = MapEnv::new([(ENV_AZURE_ENDPOINT, "x\"\n[routes.evil]\ntype=\"openai")]);
-        let err = Config::load(&ConfigSource::BuiltIn, &env, &Overrides::default()).unwrap_err();
+        let err = Config::load(
+            &ConfigSource::BuiltIn,
+            &env,
+            &crate::files::Direct,
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("upstream"), "{err}");
     }
 }

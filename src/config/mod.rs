@@ -22,6 +22,7 @@ use toml::Spanned;
 
 use crate::credentials::{KeySpec, Location, Policy};
 use crate::env::Env;
+use crate::files::{FileError, Files, Kind};
 use crate::providers::{Family, ProviderType, Spec};
 use crate::routes::UpstreamBase;
 use raw::{ConfigToml, KeyToml, RouteToml};
@@ -63,13 +64,14 @@ impl ConfigSource {
 /// A config problem, precise enough to fix without reading the source.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
+    /// The file could not be read (missing, not a regular file, over
+    /// 4 MiB, or being written).
     #[error("{file}: cannot read config: {source}")]
     Read {
         /// The config file.
         file: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Why.
+        source: FileError,
     },
     /// The file is empty: most likely caught half-written (truncated,
     /// not yet filled), so it is not applied.
@@ -183,6 +185,10 @@ pub(crate) struct ReloadSettings {
     pub(crate) interval: Duration,
     /// Wait until watched directories have been quiet this long.
     pub(crate) debounce: Duration,
+    /// A file changed in place with no write event to tell when its writer
+    /// finished is applied once it has not been modified for this long
+    /// (the stability rule, `reload::gate`).
+    pub(crate) settle: Duration,
     /// Watch the files' directories for changes (off: SIGHUP and the
     /// periodic re-read only, for file systems that deliver no events).
     pub(crate) watch: bool,
@@ -193,6 +199,7 @@ impl Default for ReloadSettings {
         Self {
             interval: Duration::from_secs(60),
             debounce: Duration::from_millis(100),
+            settle: Duration::from_secs(2),
             watch: true,
         }
     }
@@ -281,20 +288,24 @@ impl Config {
     pub(crate) fn load(
         source: &ConfigSource,
         env: &dyn Env,
+        files: &dyn Files,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
         match source {
             ConfigSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                let read_error = |source| ConfigError::Read {
                     file: path.display().to_string(),
-                    source: e,
-                })?;
+                    source,
+                };
+                let contents = files.read(path, Kind::Config).map_err(read_error)?;
+                let text = std::str::from_utf8(&contents.bytes)
+                    .map_err(|_| read_error(FileError::Io("is not UTF-8 text".to_owned())))?;
                 if text.trim().is_empty() {
                     return Err(ConfigError::Empty {
                         file: path.display().to_string(),
                     });
                 }
-                Self::parse(&text, source.clone(), path.parent(), true, overrides)
+                Self::parse(text, source.clone(), path.parent(), true, overrides)
             }
             ConfigSource::BuiltIn => Self::parse(
                 &defaults::builtin_toml(env),
@@ -587,6 +598,7 @@ impl Cx<'_> {
                 "reload.debounce",
                 dr.debounce,
             )?,
+            settle: self.duration(raw.reload.settle.as_ref(), "reload.settle", dr.settle)?,
             watch: raw.reload.watch.unwrap_or(dr.watch),
         };
         let dk = KeysSettings::default();

@@ -100,6 +100,7 @@ pub(crate) struct ShutdownToml {
 pub(crate) struct ReloadToml {
     pub(crate) interval: Option<Spanned<String>>,
     pub(crate) debounce: Option<Spanned<String>>,
+    pub(crate) settle: Option<Spanned<String>>,
     pub(crate) watch: Option<bool>,
 }
 

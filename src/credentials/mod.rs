@@ -24,12 +24,11 @@ pub(crate) use location::{DYNAMIC_HEADER_PREFIX, Location};
 pub use secret::{Fingerprint, Secret};
 
 use crate::admin::metrics::RouteMetrics;
-use crate::env::Env;
 use crate::tokens::jwt::ServiceAccount;
 use crate::tokens::{Source, TokenCache, TokenRegistry};
 use crate::upstream::Client;
 use pool::{Cursor, HealthRegistry, KeyHealth, Standing, now_ms};
-use resolve::Unavailable;
+use resolve::{Reader, Unavailable};
 
 /// How the keys of a credential setting are used.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -85,8 +84,9 @@ impl fmt::Debug for KeySpec {
     }
 }
 
-/// The state of one key in a snapshot.
-#[derive(Debug)]
+/// The state of one key in a snapshot. Cloning shares the prepared value
+/// (a reload keeps a key's last good value this way).
+#[derive(Debug, Clone)]
 pub(crate) enum KeyValue {
     /// Read and ready: the header value to send, prepared once.
     Static {
@@ -109,6 +109,19 @@ pub(crate) enum KeyValue {
     None,
     /// Could not be read; the reason names the location, never a value.
     Missing(Unavailable),
+}
+
+impl KeyValue {
+    /// The fingerprint of a value read from a location (a key, or a token
+    /// source); `None` for dynamic, `none` and missing values.
+    pub(crate) fn fingerprint(&self) -> Option<Fingerprint> {
+        match self {
+            Self::Static { fingerprint, .. } | Self::Token { fingerprint, .. } => {
+                Some(*fingerprint)
+            }
+            Self::Dynamic(_) | Self::None | Self::Missing(_) => None,
+        }
+    }
 }
 
 /// One key of a [`KeySet`].
@@ -203,11 +216,11 @@ impl KeySet {
     pub(crate) fn resolve(
         spec: &KeySpec,
         prefix: &str,
-        env: &dyn Env,
+        reader: Reader<'_>,
         scope: &HealthScope<'_>,
     ) -> Self {
         Self::build(spec, scope, |location| {
-            resolve_one(location, prefix, env, scope)
+            resolve_one(location, prefix, reader, scope)
         })
     }
 
@@ -389,21 +402,21 @@ impl KeySet {
     /// cache's own task (none in offline mode, for `check`).
     pub(crate) fn resolve_tokens(
         spec: &KeySpec,
-        env: &dyn Env,
+        reader: Reader<'_>,
         scope: &HealthScope<'_>,
         tokens: &TokenRegistry,
         client: &Client,
         metrics: &Arc<RouteMetrics>,
     ) -> Self {
         Self::build(spec, scope, |location| {
-            resolve_token(location, env, scope, tokens, client, metrics)
+            resolve_token(location, reader, scope, tokens, client, metrics)
         })
     }
 }
 
 fn resolve_token(
     location: &Location,
-    env: &dyn Env,
+    reader: Reader<'_>,
     scope: &HealthScope<'_>,
     tokens: &TokenRegistry,
     client: &Client,
@@ -413,25 +426,26 @@ fn resolve_token(
         Location::None => return KeyValue::None,
         Location::Dynamic(name) => return KeyValue::Dynamic(name.clone()),
         Location::Metadata => {
-            let host = env
+            let host = reader
+                .env
                 .var(crate::tokens::metadata::ENV_HOST)
                 .unwrap_or_else(|| crate::tokens::metadata::DEFAULT_HOST.to_owned());
             let digest = Fingerprint::digest_of(host.as_bytes());
             (Source::Metadata { host }, digest)
         }
         Location::Env(var) | Location::PathFromEnv(var) => {
-            let Some(path) = env.var(var) else {
+            let Some(path) = reader.env.var(var) else {
                 return KeyValue::Missing(Unavailable::reason(
                     location,
                     "environment variable is not set",
                 ));
             };
-            match read_account(location, std::path::Path::new(&path)) {
+            match read_account(reader, location, std::path::Path::new(&path)) {
                 Ok(found) => found,
                 Err(why) => return KeyValue::Missing(why),
             }
         }
-        Location::Path(path) => match read_account(location, path) {
+        Location::Path(path) => match read_account(reader, location, path) {
             Ok(found) => found,
             Err(why) => return KeyValue::Missing(why),
         },
@@ -453,11 +467,12 @@ fn resolve_token(
 
 /// Reads and parses a service-account JSON.
 fn read_account(
+    reader: Reader<'_>,
     location: &Location,
     path: &std::path::Path,
 ) -> Result<(Source, [u8; 32]), Unavailable> {
     // A JSON file, not a header value: newlines and any UTF-8 are fine.
-    let json = resolve::read_raw(location, path)?;
+    let json = reader.read_raw(location, path)?;
     let account = ServiceAccount::parse(&json).map_err(|e| Unavailable::reason(location, e))?;
     Ok((
         Source::Account(Box::new(account)),
@@ -468,13 +483,13 @@ fn read_account(
 fn resolve_one(
     location: &Location,
     prefix: &str,
-    env: &dyn Env,
+    reader: Reader<'_>,
     scope: &HealthScope<'_>,
 ) -> KeyValue {
     match location {
         Location::None => KeyValue::None,
         Location::Dynamic(name) => KeyValue::Dynamic(name.clone()),
-        _ => match resolve::read(location, env).and_then(|secret| {
+        _ => match reader.read(location).and_then(|secret| {
             secret
                 .header_value(prefix)
                 .map(|header| (header, secret.fingerprint(), secret.digest()))
@@ -493,7 +508,8 @@ fn resolve_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::MapEnv;
+    use crate::env::{Env, MapEnv};
+    use crate::files::Direct;
 
     fn spec(policy: Policy, locs: &[&str]) -> KeySpec {
         KeySpec {
@@ -508,7 +524,11 @@ mod tests {
             route: "r",
             label: "key",
         };
-        KeySet::resolve(spec, "Bearer ", env, &scope)
+        let reader = Reader {
+            env,
+            files: &Direct,
+        };
+        KeySet::resolve(spec, "Bearer ", reader, &scope)
     }
 
     fn header_of(c: &Candidate<'_>) -> String {

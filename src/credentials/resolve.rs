@@ -1,16 +1,19 @@
 //! Reading a [`Location`] into a [`Secret`].
 //!
 //! Called only while a snapshot is built (at start, on reload, by `check`);
-//! never on the request path. Failures become an [`Unavailable`] that names
+//! never on the request path, and during a reload never on a runtime thread.
+//! Files go through [`Files`]: regular files only, 1 MiB at most. Failures become an [`Unavailable`] that names
 //! the location and the reason, and never contains the value.
 
 use std::fmt;
-use std::io;
 use std::path::Path;
+
+use zeroize::Zeroizing;
 
 use super::Location;
 use super::secret::{InvalidSecret, Secret};
 use crate::env::Env;
+use crate::files::{FileError, Files, Kind};
 
 /// Why a credential could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +23,8 @@ pub(crate) struct Unavailable {
     pub(crate) location: String,
     /// What went wrong, without the value.
     pub(crate) reason: String,
+    /// The file is being written: its new content is held, not refused.
+    pub(crate) held: bool,
 }
 
 impl Unavailable {
@@ -27,6 +32,14 @@ impl Unavailable {
         Self {
             location: location.to_string(),
             reason: reason.to_string(),
+            held: false,
+        }
+    }
+
+    fn file(location: &Location, e: &FileError) -> Self {
+        Self {
+            held: *e == FileError::Held,
+            ..Self::new(location, e)
         }
     }
 
@@ -41,69 +54,65 @@ impl Unavailable {
     }
 }
 
-/// Reads the secret at `location`.
-///
-/// # Errors
-///
-/// [`Unavailable`] when the variable is unset, the file cannot be read, or the
-/// value is empty or not usable in a header.
-pub(crate) fn read(location: &Location, env: &dyn Env) -> Result<Secret, Unavailable> {
-    match location {
-        Location::Env(name) => {
-            let value = env
-                .var(name)
-                .ok_or_else(|| Unavailable::new(location, "environment variable is not set"))?;
-            Secret::new(value.into_bytes()).map_err(|e| Unavailable::new(location, e))
-        }
-        Location::Path(path) => read_file(location, path),
-        Location::PathFromEnv(name) => {
-            let path = env
-                .var(name)
-                .ok_or_else(|| Unavailable::new(location, "environment variable is not set"))?;
-            read_file(location, Path::new(&path))
-        }
-        Location::Dynamic(_) | Location::None | Location::Metadata => {
-            Err(Unavailable::new(location, "is not a stored credential"))
-        }
+/// What credentials are read with: the environment and a file reader (the
+/// reload's gated one, or a direct one for `check`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reader<'a> {
+    pub(crate) env: &'a dyn Env,
+    pub(crate) files: &'a dyn Files,
+}
+
+impl Reader<'_> {
+    /// Reads the secret at `location`.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] when the variable is unset, the file cannot be read,
+    /// or the value is empty or not usable in a header.
+    pub(crate) fn read(&self, location: &Location) -> Result<Secret, Unavailable> {
+        let bytes = match location {
+            Location::Env(name) => {
+                let value = self
+                    .env
+                    .var(name)
+                    .ok_or_else(|| Unavailable::new(location, "environment variable is not set"))?;
+                return Secret::new(value.into_bytes()).map_err(|e| Unavailable::new(location, e));
+            }
+            Location::Path(path) => self.read_raw(location, path)?,
+            Location::PathFromEnv(name) => {
+                let path = self
+                    .env
+                    .var(name)
+                    .ok_or_else(|| Unavailable::new(location, "environment variable is not set"))?;
+                self.read_raw(location, Path::new(&path))?
+            }
+            Location::Dynamic(_) | Location::None | Location::Metadata => {
+                return Err(Unavailable::new(location, "is not a stored credential"));
+            }
+        };
+        Secret::new(bytes.to_vec()).map_err(|e| Unavailable::new(location, e))
     }
-}
 
-/// Reads a whole file as secret bytes (also used for inbound tokens and, later,
-/// service-account JSON).
-///
-/// # Errors
-///
-/// [`Unavailable`] naming the location and the I/O reason.
-pub(crate) fn read_file(location: &Location, path: &Path) -> Result<Secret, Unavailable> {
-    let bytes = std::fs::read(path).map_err(|e| Unavailable::new(location, io_reason(&e)))?;
-    Secret::new(bytes).map_err(|e| Unavailable::new(location, e))
-}
-
-/// Reads a whole file that is not a header value (a service-account JSON)
-/// into a buffer wiped on drop.
-///
-/// # Errors
-///
-/// [`Unavailable`] naming the location and the I/O reason, or an empty file.
-pub(crate) fn read_raw(
-    location: &Location,
-    path: &Path,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, Unavailable> {
-    let bytes = zeroize::Zeroizing::new(
-        std::fs::read(path).map_err(|e| Unavailable::new(location, io_reason(&e)))?,
-    );
-    if bytes.trim_ascii().is_empty() {
-        return Err(Unavailable::new(location, "is empty"));
-    }
-    Ok(bytes)
-}
-
-fn io_reason(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound => "no such file".to_owned(),
-        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-        io::ErrorKind::IsADirectory => "is a directory".to_owned(),
-        _ => e.to_string(),
+    /// Reads a whole credential file that is not a header value (a
+    /// service-account JSON) into a buffer wiped on drop.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] naming the location and the reason (missing, not a
+    /// regular file, over 1 MiB, being written), or an empty file.
+    pub(crate) fn read_raw(
+        &self,
+        location: &Location,
+        path: &Path,
+    ) -> Result<Zeroizing<Vec<u8>>, Unavailable> {
+        let contents = self
+            .files
+            .read(path, Kind::Credential)
+            .map_err(|e| Unavailable::file(location, &e))?;
+        if contents.bytes.trim_ascii().is_empty() {
+            return Err(Unavailable::new(location, "is empty"));
+        }
+        Ok(contents.bytes)
     }
 }
 
@@ -111,6 +120,7 @@ fn io_reason(e: &io::Error) -> String {
 mod tests {
     use super::*;
     use crate::env::MapEnv;
+    use crate::files::Direct;
 
     #[test]
     fn reads_env_and_files() {
@@ -119,14 +129,16 @@ mod tests {
         std::fs::write(&file, "file-key\n").unwrap();
         let env = MapEnv::new([("K", "env-key"), ("KEY_FILE", file.to_str().unwrap())]);
 
+        let r = Reader {
+            env: &env,
+            files: &Direct,
+        };
         let loc = |s: &str| s.parse::<Location>().unwrap();
-        assert_eq!(read(&loc("env::K"), &env).unwrap().expose(), b"env-key");
+        assert_eq!(r.read(&loc("env::K")).unwrap().expose(), b"env-key");
         let path = format!("path::{}", file.display());
-        assert_eq!(read(&loc(&path), &env).unwrap().expose(), b"file-key");
+        assert_eq!(r.read(&loc(&path)).unwrap().expose(), b"file-key");
         assert_eq!(
-            read(&loc("path_from_env::KEY_FILE"), &env)
-                .unwrap()
-                .expose(),
+            r.read(&loc("path_from_env::KEY_FILE")).unwrap().expose(),
             b"file-key"
         );
     }
@@ -134,9 +146,20 @@ mod tests {
     #[test]
     fn failures_name_the_location() {
         let env = MapEnv::default();
-        let err = read(&"path::/nonexistent/key".parse().unwrap(), &env).unwrap_err();
+        let r = Reader {
+            env: &env,
+            files: &Direct,
+        };
+        let err = r
+            .read(&"path::/nonexistent/key".parse().unwrap())
+            .unwrap_err();
         assert_eq!(err.to_string(), "path::/nonexistent/key: no such file");
-        let err = read(&"env::UNSET".parse().unwrap(), &env).unwrap_err();
+        let err = r.read(&"path::/dev/zero".parse().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "path::/dev/zero: is a device, not a regular file: refused"
+        );
+        let err = r.read(&"env::UNSET".parse().unwrap()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "env::UNSET: environment variable is not set"

@@ -116,7 +116,10 @@ mod tests {
             keys: KeySet::resolve(
                 &KeySpec::single(crate::credentials::Location::None),
                 "",
-                &MapEnv::default(),
+                crate::credentials::resolve::Reader {
+                    env: &MapEnv::default(),
+                    files: &crate::files::Direct,
+                },
                 &scope,
             ),
             project: project.map(str::to_owned),

@@ -96,15 +96,13 @@ fn is_dot_or_slash(segment: &str) -> bool {
 /// # Errors
 ///
 /// [`ProxyError::Unauthorized`] for a missing or wrong token;
-/// [`ProxyError::InboundTokenUnavailable`] when the token file cannot be read
-/// (fail closed).
+/// [`ProxyError::InboundTokenUnavailable`] (401) when the token file is
+/// missing, empty or unreadable: fail closed.
 pub(crate) fn authorize(snap: &Snapshot, headers: &HeaderMap) -> Result<(), ProxyError> {
     let expected = match &snap.inbound_token {
         None => return Ok(()),
         Some(InboundToken::Ready(secret)) => secret,
-        Some(InboundToken::Missing(why)) => {
-            return Err(ProxyError::InboundTokenUnavailable(why.to_string()));
-        }
+        Some(InboundToken::Missing(_)) => return Err(ProxyError::InboundTokenUnavailable),
     };
     let presented = TOKEN_HEADERS
         .iter()

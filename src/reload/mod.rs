@@ -3,23 +3,63 @@
 //! design.md, "Hot reload". [`Shared`] holds the current [`Snapshot`] in an
 //! `ArcSwap`: requests `load_full()` it once, lock-free, and keep it to the
 //! end. [`Shared::reload`] re-reads the config and every file it names into a
-//! complete new snapshot and swaps it in, or keeps the current one when the
-//! new config is bad. [`watch`] decides when to reload: file events in the
-//! directories that hold those files, SIGHUP, and a periodic re-read.
+//! complete new snapshot and swaps it in: a bad config keeps the last good
+//! config, a credential that cannot be read keeps its last good value, and
+//! the rest of the change applies. [`gate`] decides whether a file's new
+//! content is complete; [`diff`] says what changed; [`watch`] decides when
+//! to reload (file events, SIGHUP, a periodic re-read) and runs reloads on a
+//! thread of their own, so a slow file system never stalls a request.
 
+pub(crate) mod diff;
+pub(crate) mod gate;
 pub(crate) mod snapshot;
 pub(crate) mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::admin::metrics::ReloadResult;
-use crate::config::{Config, ConfigSource, Overrides};
+use crate::config::{Config, ConfigError, ConfigSource, Overrides};
 use crate::env::Env;
-pub(crate) use snapshot::{Registries, Snapshot};
+use crate::files::{FileError, Files};
+use gate::{Gate, Journal};
+pub(crate) use snapshot::{Inputs, Registries, Snapshot};
+
+/// What started a reload (logged as `trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// The first load: everything found is applied.
+    Startup,
+    /// A file event in a watched directory.
+    FileChange,
+    /// SIGHUP: the operator says the files are ready.
+    Sighup,
+    /// `reload.interval` passed.
+    Periodic,
+}
+
+impl Trigger {
+    /// How logs name it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Startup => "start-up",
+            Self::FileChange => "file change",
+            Self::Sighup => "SIGHUP",
+            Self::Periodic => "periodic re-read",
+        }
+    }
+}
+
+/// The config on disk that is not the one served.
+#[derive(Debug, Clone)]
+pub(crate) struct ConfigStale {
+    pub(crate) since: Instant,
+    pub(crate) reason: String,
+}
 
 /// State shared by the proxy, the admin server and the reloader.
 #[derive(Debug)]
@@ -30,24 +70,30 @@ pub(crate) struct Shared {
     pub(crate) env: Arc<dyn Env>,
     pub(crate) source: ConfigSource,
     pub(crate) overrides: Overrides,
+    /// What the kernel said about writes to watched files, and what each
+    /// file's served content was read from (the stability rule).
+    pub(crate) journal: Arc<Journal>,
     /// The proxy address bound at start (a reload never moves it).
     bound_listen: std::net::SocketAddr,
-    /// The last reload failure, so a broken config that the periodic re-read
-    /// keeps finding is logged and counted once, not every minute.
-    last_error: Mutex<Option<String>>,
+    /// Set while the config on disk cannot be applied.
+    config_stale: Mutex<Option<ConfigStale>>,
+    /// The rejections of the last reload, so a periodic re-read that finds
+    /// the same ones again logs and counts nothing new.
+    last_rejections: Mutex<Vec<String>>,
     /// Set once shutdown begins: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
 
 /// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Nothing changed; nothing was swapped or logged.
-    Unchanged,
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Outcome {
     /// A new snapshot serves new requests.
-    Swapped,
-    /// The new config or a file it names is bad; the current snapshot stays.
-    Rejected(String),
+    pub(crate) swapped: bool,
+    /// What could not be applied (the config, credentials keeping their
+    /// last good value), one message each, locations only.
+    pub(crate) rejected: Vec<String>,
+    /// Content held because it is being written: reload again within this.
+    pub(crate) recheck: Option<Duration>,
 }
 
 impl Shared {
@@ -58,6 +104,7 @@ impl Shared {
         env: Arc<dyn Env>,
         source: ConfigSource,
         overrides: Overrides,
+        journal: Arc<Journal>,
     ) -> Self {
         Self {
             bound_listen: snapshot.config.listen,
@@ -66,7 +113,9 @@ impl Shared {
             env,
             source,
             overrides,
-            last_error: Mutex::new(None),
+            journal,
+            config_stale: Mutex::new(None),
+            last_rejections: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
         }
     }
@@ -74,6 +123,14 @@ impl Shared {
     /// The current snapshot. Call once per request and keep it.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Why and since when the config on disk is not the one served.
+    pub(crate) fn config_stale(&self) -> Option<ConfigStale> {
+        self.config_stale
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Marks the process as shutting down.
@@ -106,54 +163,118 @@ impl Shared {
         ))
     }
 
-    /// Re-reads the config and every file it names; swaps in the result if it
-    /// differs from the current snapshot and is at least as good.
+    /// The config on disk, or why it cannot be applied (`Err(None)`: it is
+    /// being written and is looked at again shortly).
+    fn next_config(&self, files: &dyn Files) -> Result<Config, Option<String>> {
+        match Config::load(&self.source, self.env.as_ref(), files, &self.overrides) {
+            Ok(config) => self.keeps_the_socket_safe(config).map_err(Some),
+            Err(ConfigError::Read {
+                source: FileError::Held,
+                ..
+            }) => Err(None),
+            Err(e) => Err(Some(e.to_string())),
+        }
+    }
+
+    /// Re-reads the config and every file it names, off the runtime
+    /// threads (see [`watch`]), and swaps in the result when it differs.
     ///
-    /// A new snapshot is rejected when the config does not load, a route's
-    /// TLS settings do not load, or a credential that reads fine now cannot be
-    /// read (a half-written or deleted Secret file must not replace a working
-    /// key). Each distinct failure is logged once and counted once.
-    pub(crate) fn reload(&self, trigger: &str) -> Outcome {
+    /// Nothing bad goes live and nothing good is lost: a config that does
+    /// not load keeps the last good config whole (credentials are still
+    /// re-read under it); a credential that cannot be read keeps its last
+    /// good value while the rest of the change applies; content still
+    /// being written is held ([`gate`]). Each rejection is logged
+    /// (locations, never values) and counted, except when a periodic
+    /// re-read finds exactly the rejections of the reload before.
+    pub(crate) fn reload(&self, trigger: Trigger) -> Outcome {
         let started = Instant::now();
         let current = self.snapshot();
-        let next = Config::load(&self.source, self.env.as_ref(), &self.overrides)
-            .map_err(|e| e.to_string())
-            .and_then(|config| self.keeps_the_socket_safe(config))
-            .and_then(|config| {
-                Snapshot::build(config, self.env.as_ref(), &self.reg)
-                    .map_err(|e| format!("{}: {e}", self.source.display_name()))
-            })
-            .and_then(|next| match next.new_problems(&current) {
-                Some(problems) => Err(problems),
-                None => Ok(next),
-            });
-        let next = match next {
-            Ok(next) => next,
+        let gate = Gate::new(&self.journal, trigger, current.config.reload.settle);
+        let mut rejected = Vec::new();
+        let config = match self.next_config(&gate) {
+            Ok(config) => {
+                self.set_config_stale(None);
+                config
+            }
             Err(reason) => {
-                let mut last = self
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if last.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(trigger, error = %reason, "reload rejected: still serving the previous config and keys");
-                    self.reg
-                        .metrics
-                        .reload(ReloadResult::Error, started.elapsed());
-                    *last = Some(reason.clone());
+                if let Some(reason) = reason {
+                    self.set_config_stale(Some(&reason));
+                    rejected.push(format!(
+                        "config not applied, the last good one stays: {reason}"
+                    ));
                 }
-                return Outcome::Rejected(reason);
+                current.config.clone()
             }
         };
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-        if next.digest == current.digest {
-            return Outcome::Unchanged;
+        let inputs = Inputs {
+            env: self.env.as_ref(),
+            files: &gate,
+            reg: &self.reg,
+            prev: Some(&current),
+        };
+        let built = Snapshot::build(config, &inputs);
+        let (reads, recheck) = gate.finish();
+        let next = match built {
+            Ok(next) => next,
+            Err(e) => {
+                rejected.push(format!("{}: {e}", self.source.display_name()));
+                self.report(trigger, started, &rejected, false);
+                return Outcome {
+                    swapped: false,
+                    rejected,
+                    recheck,
+                };
+            }
+        };
+        rejected.extend(
+            next.stale
+                .iter()
+                .map(|s| format!("credential not applied, the last good value stays: {s}")),
+        );
+        self.journal.commit(reads);
+        let swapped = next.digest != current.digest;
+        // Logged and counted before the swap: whoever sees the new key can
+        // already read why in the log and the metrics.
+        if swapped {
+            self.log_changes(trigger, &current, &next);
         }
+        self.report(trigger, started, &rejected, swapped);
+        if swapped {
+            self.swap(next);
+        }
+        Outcome {
+            swapped,
+            rejected,
+            recheck,
+        }
+    }
 
-        let changes = snapshot::describe_changes(&current, &next);
-        for setting in snapshot::restart_required(&current.config, &next.config) {
+    fn set_config_stale(&self, reason: Option<&str>) {
+        let mut stale = self
+            .config_stale
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *stale = reason.map(|reason| ConfigStale {
+            since: stale.as_ref().map_or_else(Instant::now, |s| s.since),
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Logs what `next` changes: one line per credential, then a summary.
+    fn log_changes(&self, trigger: Trigger, current: &Snapshot, next: &Snapshot) {
+        let credentials = diff::credential_changes(current, next);
+        for c in &credentials {
+            tracing::info!(
+                route = %c.route,
+                credential = %c.credential,
+                location = %c.location,
+                from = %c.from,
+                to = %c.to,
+                "credential changed"
+            );
+        }
+        let changes = diff::describe_changes(current, next, credentials.len());
+        for setting in diff::restart_required(&current.config, &next.config) {
             tracing::warn!(
                 setting,
                 "changing this setting needs a restart: it keeps its previous value until sidekey restarts"
@@ -166,12 +287,37 @@ impl Shared {
         {
             tracing::warn!(problem = %p, "credential unavailable");
         }
+        tracing::info!(trigger = trigger.as_str(), changes = %changes.join("; "), "reloaded");
+    }
+
+    /// Puts `next` live and lets go of what only the old snapshot used.
+    fn swap(&self, next: Snapshot) {
         let in_use = next.clients();
+        self.journal
+            .retain(&next.files(&self.source, self.env.as_ref()));
         self.snapshot.store(Arc::new(next));
         self.reg.clients.retain(&in_use);
         self.reg.health.prune();
-        self.reg.metrics.reload(ReloadResult::Ok, started.elapsed());
-        tracing::info!(trigger, changes = %changes.join("; "), "reloaded");
-        Outcome::Swapped
+    }
+
+    /// Logs and counts the reload. A periodic re-read that finds what the
+    /// reload before found is not a new change: nothing is logged or counted.
+    fn report(&self, trigger: Trigger, started: Instant, rejected: &[String], swapped: bool) {
+        let mut last = self
+            .last_rejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let repeated = trigger == Trigger::Periodic && *last == rejected;
+        if !rejected.is_empty() && !repeated {
+            for r in rejected {
+                tracing::warn!(trigger = trigger.as_str(), rejected = %r, "reload rejected a change");
+            }
+            self.reg
+                .metrics
+                .reload(ReloadResult::Error, started.elapsed());
+        } else if swapped {
+            self.reg.metrics.reload(ReloadResult::Ok, started.elapsed());
+        }
+        rejected.clone_into(&mut last);
     }
 }

@@ -4,20 +4,29 @@
 //! table with every credential already read and prepared. It is built whole,
 //! then swapped in (see [`super::Shared`]); a request loads it once and keeps
 //! it to the end, so a reload never changes anything under a request in
-//! flight. Building reads files (credentials, CA bundles) and never touches
-//! the network.
+//! flight. Building reads files (credentials, CA bundles) through the
+//! reload's [`Files`] reader and never touches the network.
+//!
+//! A credential that cannot be read now but served a value in the previous
+//! snapshot keeps that value ([`Stale`]): one bad file never blocks the rest
+//! of a change, and never takes a working key away. The inbound token is the
+//! exception: a deleted or empty token file revokes it (fail closed).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::admin::metrics::Metrics;
+use tokio::time::Instant;
+
+use crate::admin::metrics::{CredentialLive, Metrics};
 use crate::config::{Config, ConfigSource, RouteConfig};
 use crate::credentials::pool::HealthRegistry;
-use crate::credentials::resolve::{self, Unavailable};
-use crate::credentials::{HealthScope, KeySet, KeySpec, KeyValue, Location, Secret};
+use crate::credentials::resolve::Reader;
+use crate::credentials::resolve::Unavailable;
+use crate::credentials::{Fingerprint, HealthScope, KeySet, KeySpec, KeyValue, Location, Secret};
 use crate::env::Env;
+use crate::files::Files;
 use crate::providers::Family;
 use crate::providers::vertex::{DEFAULT_LOCATION, VertexTarget};
 use crate::routes::{Route, RouteTable, Target, Targets};
@@ -97,6 +106,69 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A credential serving its last good value: its location cannot be read
+/// now (missing, unreadable, not a regular file, too large, empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stale {
+    pub(crate) route: String,
+    /// `key`, `deployments.NAME.key`, `headers.NAME`, `credentials`.
+    pub(crate) label: String,
+    /// Position in a `{ default, fallback }` or a pool.
+    pub(crate) index: usize,
+    /// The location as configured now.
+    pub(crate) location: String,
+    /// Why the location cannot serve (never a value).
+    pub(crate) reason: String,
+    /// Of the value still served.
+    pub(crate) fingerprint: Fingerprint,
+    /// Since when the value served is older than the location.
+    pub(crate) since: Instant,
+}
+
+impl Stale {
+    /// `routes.NAME.LABEL`.
+    pub(crate) fn setting(&self) -> String {
+        format!("routes.{}.{}", self.route, self.label)
+    }
+
+    fn same_credential(&self, other: &Self) -> bool {
+        self.route == other.route && self.label == other.label && self.index == other.index
+    }
+}
+
+impl fmt::Display for Stale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}; still serving {}",
+            self.setting(),
+            self.location,
+            self.reason,
+            self.fingerprint
+        )
+    }
+}
+
+/// What a snapshot is built from besides its config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inputs<'a> {
+    pub(crate) env: &'a dyn Env,
+    pub(crate) files: &'a dyn Files,
+    pub(crate) reg: &'a Registries,
+    /// The snapshot serving now: credentials that cannot be read keep
+    /// their value from it.
+    pub(crate) prev: Option<&'a Snapshot>,
+}
+
+impl Inputs<'_> {
+    fn reader(&self) -> Reader<'_> {
+        Reader {
+            env: self.env,
+            files: self.files,
+        }
+    }
+}
+
 /// The inbound token, when the config sets one.
 #[derive(Debug)]
 pub(crate) enum InboundToken {
@@ -110,8 +182,10 @@ pub(crate) struct Snapshot {
     pub(crate) config: Config,
     pub(crate) routes: RouteTable,
     pub(crate) inbound_token: Option<InboundToken>,
-    /// Credentials that could not be read.
+    /// Credentials that could not be read and have no last good value.
     pub(crate) problems: Vec<Problem>,
+    /// Credentials serving their last good value.
+    pub(crate) stale: Vec<Stale>,
     /// Digest of everything the snapshot was built from (config, credential
     /// values, trust roots): equal digests mean a reload changes nothing.
     pub(crate) digest: [u8; 32],
@@ -123,35 +197,26 @@ impl Snapshot {
     /// # Errors
     ///
     /// [`BuildError`] when a route's TLS settings cannot be loaded.
-    pub(crate) fn build(
-        config: Config,
-        env: &dyn Env,
-        reg: &Registries,
-    ) -> Result<Self, BuildError> {
-        let mut problems = Vec::new();
+    pub(crate) fn build(config: Config, inputs: &Inputs<'_>) -> Result<Self, BuildError> {
+        let mut cx = Cx {
+            inputs,
+            problems: Vec::new(),
+            stale: Vec::new(),
+            now: Instant::now(),
+        };
         let mut routes = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
-            routes.push(build_route(rc, &config, env, reg, &mut problems)?);
+            routes.push(cx.route(rc, &config)?);
         }
         let inbound_token = config
             .inbound_token
             .as_ref()
-            .map(|loc| match read_token(loc, env) {
-                Ok(s) => InboundToken::Ready(s),
-                Err(why) => {
-                    problems.push(Problem {
-                        key: "inbound_token".to_owned(),
-                        fatal: true,
-                        required: true,
-                        reasons: vec![why.clone()],
-                    });
-                    InboundToken::Missing(why)
-                }
-            });
+            .map(|loc| cx.inbound_token(loc));
         let mut snap = Self {
             routes: RouteTable::new(routes),
             inbound_token,
-            problems,
+            problems: cx.problems,
+            stale: cx.stale,
             config,
             digest: [0; 32],
         };
@@ -187,22 +252,14 @@ impl Snapshot {
             Some(InboundToken::Missing(why)) => field(why.to_string().as_bytes()),
             None => field(b"-"),
         }
+        // What is stale shows in `/readyz` and the metrics: a change in it
+        // is a change.
+        for st in &self.stale {
+            field(st.to_string().as_bytes());
+        }
         let mut out = [0; 32];
         out.copy_from_slice(d.finish().as_ref());
         out
-    }
-
-    /// The credential problems of `self` that `current` does not have, as
-    /// one message; `None` when there are none. A reload that would lose a
-    /// working key is rejected.
-    pub(crate) fn new_problems(&self, current: &Self) -> Option<String> {
-        let new: Vec<String> = self
-            .problems
-            .iter()
-            .filter(|p| !current.problems.contains(p))
-            .map(ToString::to_string)
-            .collect();
-        (!new.is_empty()).then(|| format!("credential unavailable: {}", new.join("; ")))
     }
 
     /// What `/metrics` reads from the snapshot: keys resting now, and the
@@ -216,8 +273,8 @@ impl Snapshot {
                 route.name.to_string(),
                 sets.iter().map(|(_, k)| k.rested(now)).sum(),
             ));
-            for (_, set) in &sets {
-                for key in set.keys.iter() {
+            for (label, set) in &sets {
+                for (index, key) in set.keys.iter().enumerate() {
                     if let KeyValue::Token { cache, .. } = &key.value {
                         live.token_expiry.push((
                             route.name.to_string(),
@@ -225,6 +282,19 @@ impl Snapshot {
                             cache.expiry(),
                         ));
                     }
+                    if matches!(key.value, KeyValue::Dynamic(_) | KeyValue::None) {
+                        continue;
+                    }
+                    let stale = self.stale.iter().find(|st| {
+                        *st.route == *route.name && st.label == *label && st.index == index
+                    });
+                    live.credentials.push(CredentialLive {
+                        route: route.name.to_string(),
+                        credential: label.clone(),
+                        location: key.location.to_string(),
+                        fingerprint: key.value.fingerprint().map(|f| f.to_string()),
+                        stale_seconds: stale.map_or(0.0, |st| st.since.elapsed().as_secs_f64()),
+                    });
                 }
             }
         }
@@ -283,101 +353,217 @@ impl Snapshot {
     }
 }
 
-fn read_token(loc: &Location, env: &dyn Env) -> Result<Secret, Unavailable> {
-    resolve::read(loc, env)
+/// The state of one snapshot build.
+struct Cx<'a> {
+    inputs: &'a Inputs<'a>,
+    problems: Vec<Problem>,
+    stale: Vec<Stale>,
+    now: Instant,
 }
 
-fn build_route(
-    rc: &RouteConfig,
-    config: &Config,
-    env: &dyn Env,
-    reg: &Registries,
-    problems: &mut Vec<Problem>,
-) -> Result<Route, BuildError> {
-    let cas: Vec<_> = config.ca_file.iter().chain(rc.ca_file.iter()).collect();
-    let client = reg
-        .clients
-        .get(
-            &cas,
-            config.limits.connect_timeout,
-            config.limits.upstream_streams_per_connection,
-        )
-        .map_err(|source| BuildError::Tls {
-            route: rc.name.clone(),
-            source,
-        })?;
-    let prefix = rc.spec.auth.prefix();
-    // Reads one credential setting and records what could not be read.
-    let resolve = |label: String, spec: &KeySpec, prefix: &str, problems: &mut Vec<Problem>| {
+impl Cx<'_> {
+    fn route(&mut self, rc: &RouteConfig, config: &Config) -> Result<Route, BuildError> {
+        let reg = self.inputs.reg;
+        let cas: Vec<_> = config.ca_file.iter().chain(rc.ca_file.iter()).collect();
+        let client = reg
+            .clients
+            .get(
+                &cas,
+                config.limits.connect_timeout,
+                config.limits.upstream_streams_per_connection,
+            )
+            .map_err(|source| BuildError::Tls {
+                route: rc.name.clone(),
+                source,
+            })?;
+        let prefix = rc.spec.auth.prefix();
+        let targets = match rc.spec.family {
+            Family::ApiKey => match &rc.upstream {
+                Some(upstream) => Targets::One(Target {
+                    upstream: upstream.clone(),
+                    keys: self.keys(rc, "key", &rc.key, prefix),
+                }),
+                // Config validation requires an upstream for this family.
+                None => Targets::Unsupported("no upstream configured"),
+            },
+            Family::Azure => {
+                let mut deployments = HashMap::with_capacity(rc.deployments.len());
+                for d in &rc.deployments {
+                    let label = format!("deployments.{}.key", d.name);
+                    let keys = self.keys(rc, &label, &d.key, prefix);
+                    deployments.insert(
+                        Box::from(d.name.as_str()),
+                        Target {
+                            upstream: d.endpoint.clone(),
+                            keys,
+                        },
+                    );
+                }
+                let default = rc.upstream.as_ref().map(|upstream| Target {
+                    upstream: upstream.clone(),
+                    keys: self.keys(rc, "key", &rc.key, prefix),
+                });
+                Targets::Azure {
+                    deployments,
+                    default,
+                }
+            }
+            Family::Vertex => Targets::Vertex(self.vertex(rc, &client)),
+            Family::Aws => Targets::Unsupported("AWS SigV4 signing is not implemented yet"),
+        };
+        let headers = rc
+            .headers
+            .iter()
+            .map(|(name, spec)| {
+                (
+                    name.clone(),
+                    self.keys(rc, &format!("headers.{name}"), spec, ""),
+                )
+            })
+            .collect();
+        Ok(Route {
+            name: Arc::from(rc.name.as_str()),
+            spec: rc.spec,
+            targets,
+            headers,
+            models: rc
+                .models
+                .as_ref()
+                .map(|m| m.iter().map(|s| Box::from(s.as_str())).collect()),
+            client,
+            metrics: reg.metrics.route(&rc.name),
+        })
+    }
+
+    /// Reads one credential setting, keeps last good values, and records
+    /// what could not be read.
+    fn keys(&mut self, rc: &RouteConfig, label: &str, spec: &KeySpec, prefix: &str) -> KeySet {
+        let scope = HealthScope {
+            registry: &self.inputs.reg.health,
+            route: &rc.name,
+            label,
+        };
+        let mut set = KeySet::resolve(spec, prefix, self.inputs.reader(), &scope);
+        self.keep_last_good(rc, label, &mut set);
+        set
+    }
+
+    /// Each key of `set` that cannot be read now keeps the value it had in
+    /// the previous snapshot (same route, setting and position), if it had
+    /// one; the rest are [`Problem`]s.
+    fn keep_last_good(&mut self, rc: &RouteConfig, label: &str, set: &mut KeySet) {
+        let prev = self
+            .inputs
+            .prev
+            .and_then(|p| Some((p, p.routes.get(&rc.name)?)))
+            .and_then(|(p, route)| Some((p, route.key_set(label)?)));
+        for (index, key) in set.keys.iter_mut().enumerate() {
+            let KeyValue::Missing(why) = &key.value else {
+                continue;
+            };
+            let Some((snap, prev_key)) = prev.and_then(|(p, s)| Some((p, s.keys.get(index)?)))
+            else {
+                continue;
+            };
+            let Some(fingerprint) = prev_key.value.fingerprint() else {
+                continue;
+            };
+            // Content still being written is pending, not stale: it keeps
+            // the previous value silently until the writer is done.
+            if why.held {
+                tracing::debug!(route = %rc.name, location = %key.location, "new content held: the file is being written");
+                key.value = prev_key.value.clone();
+                continue;
+            }
+            let mut stale = Stale {
+                route: rc.name.clone(),
+                label: label.to_owned(),
+                index,
+                location: key.location.to_string(),
+                reason: why.reason.clone(),
+                fingerprint,
+                since: self.now,
+            };
+            stale.since = snap
+                .stale
+                .iter()
+                .find(|s| s.same_credential(&stale))
+                .map_or(self.now, |s| s.since);
+            self.stale.push(stale);
+            key.value = prev_key.value.clone();
+        }
+        note_missing(&mut self.problems, rc, label, set);
+    }
+
+    fn vertex(&mut self, rc: &RouteConfig, client: &Client) -> VertexTarget {
+        let reg = self.inputs.reg;
+        let settings = rc
+            .vertex
+            .clone()
+            .unwrap_or_else(|| crate::config::VertexConfig {
+                credentials: KeySpec::single(Location::None),
+                project: None,
+                location: None,
+            });
+        let label = "credentials";
         let scope = HealthScope {
             registry: &reg.health,
             route: &rc.name,
-            label: &label,
+            label,
         };
-        let set = KeySet::resolve(spec, prefix, env, &scope);
-        note_missing(problems, rc, &label, &set);
-        set
-    };
-    let targets = match rc.spec.family {
-        Family::ApiKey => match &rc.upstream {
-            Some(upstream) => Targets::One(Target {
-                upstream: upstream.clone(),
-                keys: resolve("key".to_owned(), &rc.key, prefix, problems),
-            }),
-            // Config validation requires an upstream for this family.
-            None => Targets::Unsupported("no upstream configured"),
-        },
-        Family::Azure => {
-            let mut deployments = HashMap::with_capacity(rc.deployments.len());
-            for d in &rc.deployments {
-                let keys = resolve(
-                    format!("deployments.{}.key", d.name),
-                    &d.key,
-                    prefix,
-                    problems,
-                );
-                deployments.insert(
-                    Box::from(d.name.as_str()),
-                    Target {
-                        upstream: d.endpoint.clone(),
-                        keys,
-                    },
-                );
-            }
-            let default = rc.upstream.as_ref().map(|upstream| Target {
-                upstream: upstream.clone(),
-                keys: resolve("key".to_owned(), &rc.key, prefix, problems),
-            });
-            Targets::Azure {
-                deployments,
-                default,
-            }
+        let metrics = reg.metrics.route(&rc.name);
+        let mut keys = KeySet::resolve_tokens(
+            &settings.credentials,
+            self.inputs.reader(),
+            &scope,
+            &reg.tokens,
+            client,
+            &metrics,
+        );
+        self.keep_last_good(rc, label, &mut keys);
+        // The project defaults to the first service account's.
+        let project = settings.project.or_else(|| {
+            keys.keys.iter().find_map(|k| match &k.value {
+                KeyValue::Token { cache, .. } => match cache.source() {
+                    Source::Account(sa) => sa.project_id.clone(),
+                    Source::Metadata { .. } => None,
+                },
+                _ => None,
+            })
+        });
+        VertexTarget {
+            keys,
+            project,
+            location: settings
+                .location
+                .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
+            upstream: rc.upstream.clone(),
         }
-        Family::Vertex => Targets::Vertex(vertex_target(rc, env, reg, &client, problems)),
-        Family::Aws => Targets::Unsupported("AWS SigV4 signing is not implemented yet"),
-    };
-    let headers = rc
-        .headers
-        .iter()
-        .map(|(name, spec)| {
-            (
-                name.clone(),
-                resolve(format!("headers.{name}"), spec, "", problems),
-            )
-        })
-        .collect();
-    Ok(Route {
-        name: Arc::from(rc.name.as_str()),
-        spec: rc.spec,
-        targets,
-        headers,
-        models: rc
-            .models
-            .as_ref()
-            .map(|m| m.iter().map(|s| Box::from(s.as_str())).collect()),
-        client,
-        metrics: reg.metrics.route(&rc.name),
-    })
+    }
+
+    /// The inbound token fails closed: a token file that is missing, empty
+    /// or unreadable revokes the token (requests get 401). Only new content
+    /// held while it is being written keeps the previous token meanwhile.
+    fn inbound_token(&mut self, loc: &Location) -> InboundToken {
+        let why = match self.inputs.reader().read(loc) {
+            Ok(s) => return InboundToken::Ready(s),
+            Err(why) => why,
+        };
+        if why.held
+            && let Some(prev) = self.inputs.prev
+            && let Some(InboundToken::Ready(secret)) = &prev.inbound_token
+            && let Ok(copy) = Secret::new(secret.expose().to_vec())
+        {
+            return InboundToken::Ready(copy);
+        }
+        self.problems.push(Problem {
+            key: "inbound_token".to_owned(),
+            fatal: true,
+            required: true,
+            reasons: vec![why.clone()],
+        });
+        InboundToken::Missing(why)
+    }
 }
 
 /// Records the keys of `set` that could not be read.
@@ -391,137 +577,6 @@ fn note_missing(problems: &mut Vec<Problem>, rc: &RouteConfig, label: &str, set:
             reasons,
         });
     }
-}
-
-fn vertex_target(
-    rc: &RouteConfig,
-    env: &dyn Env,
-    reg: &Registries,
-    client: &Client,
-    problems: &mut Vec<Problem>,
-) -> VertexTarget {
-    let settings = rc
-        .vertex
-        .clone()
-        .unwrap_or_else(|| crate::config::VertexConfig {
-            credentials: KeySpec::single(Location::None),
-            project: None,
-            location: None,
-        });
-    let label = "credentials";
-    let scope = HealthScope {
-        registry: &reg.health,
-        route: &rc.name,
-        label,
-    };
-    let metrics = reg.metrics.route(&rc.name);
-    let keys = KeySet::resolve_tokens(
-        &settings.credentials,
-        env,
-        &scope,
-        &reg.tokens,
-        client,
-        &metrics,
-    );
-    note_missing(problems, rc, label, &keys);
-    // The project defaults to the first service account's.
-    let project = settings.project.or_else(|| {
-        keys.keys.iter().find_map(|k| match &k.value {
-            KeyValue::Token { cache, .. } => match cache.source() {
-                Source::Account(sa) => sa.project_id.clone(),
-                Source::Metadata { .. } => None,
-            },
-            _ => None,
-        })
-    });
-    VertexTarget {
-        keys,
-        project,
-        location: settings
-            .location
-            .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
-        upstream: rc.upstream.clone(),
-    }
-}
-
-/// What changed between two snapshots, for the reload log line: routes added
-/// and removed, keys whose fingerprint changed, settings that changed.
-pub(crate) fn describe_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
-    let mut out = Vec::new();
-    fn routes(s: &Snapshot) -> BTreeMap<&str, &RouteConfig> {
-        s.config
-            .routes
-            .iter()
-            .map(|r| (r.name.as_str(), r))
-            .collect()
-    }
-    let (before, after) = (routes(old), routes(new));
-    for name in after.keys().filter(|n| !before.contains_key(*n)) {
-        out.push(format!("route {name} added"));
-    }
-    for name in before.keys().filter(|n| !after.contains_key(*n)) {
-        out.push(format!("route {name} removed"));
-    }
-    for (name, cfg) in &after {
-        if let Some(prev) = before.get(name)
-            && prev != cfg
-        {
-            out.push(format!("route {name} settings changed"));
-        }
-    }
-    for route in new.routes.iter_sorted() {
-        let Some(prev) = old.routes.get(&route.name) else {
-            continue;
-        };
-        let prev_keys: BTreeMap<String, &KeySet> = prev.key_sets().into_iter().collect();
-        for (label, keys) in route.key_sets() {
-            let Some(prev_keys) = prev_keys.get(&label) else {
-                continue;
-            };
-            for (i, key) in keys.keys.iter().enumerate() {
-                let was = prev_keys.keys.get(i).map(|k| fingerprint_of(&k.value));
-                let now = fingerprint_of(&key.value);
-                if was.as_deref() != Some(now.as_str()) {
-                    let was = was.unwrap_or_else(|| "none".to_owned());
-                    out.push(format!(
-                        "routes.{}.{label}[{i}] {} {was} -> {now}",
-                        route.name, key.location
-                    ));
-                }
-            }
-        }
-    }
-    if out.is_empty() {
-        out.push("settings changed".to_owned());
-    }
-    out
-}
-
-fn fingerprint_of(value: &KeyValue) -> String {
-    match value {
-        KeyValue::Static { fingerprint, .. } | KeyValue::Token { fingerprint, .. } => {
-            fingerprint.to_string()
-        }
-        KeyValue::Dynamic(_) => "dynamic".to_owned(),
-        KeyValue::None => "none".to_owned(),
-        KeyValue::Missing(_) => "missing".to_owned(),
-    }
-}
-
-/// Settings read once at start: a changed value only takes effect after a
-/// restart, which the reloader says in a log line.
-pub(crate) fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if old.listen != new.listen {
-        out.push("listen");
-    }
-    if old.admin_listen != new.admin_listen {
-        out.push("admin_listen");
-    }
-    if old.limits.header_read_timeout != new.limits.header_read_timeout {
-        out.push("limits.header_read_timeout");
-    }
-    out
 }
 
 /// The directories to watch for `files`: each file's parent, or, when that

@@ -11,10 +11,20 @@
 //! by the first can see a half-written file), re-reads everything, and lets
 //! [`Shared::reload`] decide whether anything really changed.
 //!
+//! Every event is also written to the [`Journal`], which the stability rule
+//! (`super::gate`) reads: a file with a writer that has not closed it yet is
+//! held, and looked at again once the close arrives (or after the time the
+//! [`Outcome`] asks for).
+//!
 //! SIGHUP forces a reload; `reload.interval` re-reads periodically to cover
 //! file systems that deliver no events. `reload.watch = false` turns the
 //! watches off and leaves those two. After every reload the watch set is
 //! brought in line with the files the current snapshot names.
+//!
+//! Reloads run on a thread of their own ([`Worker`]), never on a runtime
+//! thread: reading files can block (a slow or hung file system), and the
+//! sidecar's runtime has one thread. While a reload runs or hangs, requests
+//! and the admin port go on; events meanwhile make one more reload.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -22,12 +32,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use super::Shared;
+use super::gate::Journal;
 use super::snapshot::watch_dirs;
+use super::{Outcome, Shared, Trigger};
 
 /// The longest a steady stream of events can postpone a reload, in debounces.
 const MAX_SETTLE_DEBOUNCES: u32 = 10;
@@ -37,9 +50,9 @@ const MAX_SETTLE_DEBOUNCES: u32 = 10;
 #[derive(Debug)]
 pub(crate) struct Reloader {
     shared: Arc<Shared>,
-    dirs: Dirs,
     events: mpsc::Receiver<()>,
     sighup: Option<Signal>,
+    worker: Worker,
 }
 
 impl Reloader {
@@ -54,44 +67,86 @@ impl Reloader {
                 None
             }
         };
-        let mut reloader = Self {
-            dirs: Dirs::new(tx),
+        let mut dirs = Dirs::new(tx, shared.journal.clone());
+        dirs.follow(&shared);
+        Self {
+            worker: Worker::start(shared.clone(), dirs),
             shared,
             events,
             sighup,
-        };
-        reloader.sync_watches();
-        reloader
-    }
-
-    /// Watches the directories of the files the current snapshot names.
-    fn sync_watches(&mut self) {
-        let snap = self.shared.snapshot();
-        let files = if snap.config.reload.watch {
-            snap.files(&self.shared.source, self.shared.env.as_ref())
-        } else {
-            Vec::new()
-        };
-        self.dirs.sync(watch_dirs(&files));
+        }
     }
 
     /// Reloads on every trigger until `stop` resolves.
     pub(crate) async fn run(mut self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
+        // A held file is looked at again by then, as the same trigger.
+        let mut recheck: Option<(Instant, Trigger)> = None;
         loop {
             let settings = self.shared.snapshot().config.reload.clone();
+            let far = Instant::now() + settings.interval;
+            let (recheck_at, recheck_trigger) = recheck.unwrap_or((far, Trigger::Periodic));
             let trigger = tokio::select! {
                 Some(()) = self.events.recv() => {
                     settle(&mut self.events, settings.debounce).await;
-                    "file change"
+                    Trigger::FileChange
                 }
-                () = hangup(&mut self.sighup) => "SIGHUP",
-                () = tokio::time::sleep(settings.interval) => "periodic re-read",
+                () = hangup(&mut self.sighup) => Trigger::Sighup,
+                () = tokio::time::sleep_until(recheck_at.min(far)) => {
+                    if recheck_at <= far { recheck_trigger } else { Trigger::Periodic }
+                }
                 () = &mut stop => return,
             };
-            self.shared.reload(trigger);
-            self.sync_watches();
+            let outcome = tokio::select! {
+                outcome = self.worker.reload(trigger) => outcome,
+                () = &mut stop => return,
+            };
+            recheck = outcome
+                .recheck
+                .map(|after| (Instant::now() + after.max(settings.debounce), trigger));
         }
+    }
+}
+
+/// The thread reloads run on.
+#[derive(Debug)]
+struct Worker {
+    jobs: std::sync::mpsc::Sender<(Trigger, oneshot::Sender<Outcome>)>,
+}
+
+impl Worker {
+    /// Starts the thread. After each reload it brings the watches in line
+    /// with the new snapshot (that too touches the file system). It enters
+    /// the runtime, so token caches built during a reload can start their
+    /// tasks, and ends when the reloader is dropped; a thread stuck in a
+    /// read does not keep the process alive.
+    fn start(shared: Arc<Shared>, mut dirs: Dirs) -> Self {
+        let (jobs, rx) = std::sync::mpsc::channel::<(Trigger, oneshot::Sender<Outcome>)>();
+        let runtime = tokio::runtime::Handle::current();
+        let work = move || {
+            let _runtime = runtime.enter();
+            for (trigger, done) in rx {
+                let outcome = shared.reload(trigger);
+                dirs.follow(&shared);
+                let _ = done.send(outcome);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("sidekey-reload".to_owned())
+            .spawn(work)
+        {
+            tracing::error!(error = %e, "cannot start the reload thread; reloads are off");
+        }
+        Self { jobs }
+    }
+
+    /// Runs one reload on the thread and waits for it without blocking.
+    async fn reload(&self, trigger: Trigger) -> Outcome {
+        let (done, outcome) = oneshot::channel();
+        if self.jobs.send((trigger, done)).is_err() {
+            return Outcome::default();
+        }
+        outcome.await.unwrap_or_default()
     }
 }
 
@@ -133,10 +188,13 @@ impl std::fmt::Debug for Dirs {
 }
 
 impl Dirs {
-    fn new(tx: mpsc::Sender<()>) -> Self {
-        // Runs on notify's thread: only signal; never block it.
+    fn new(tx: mpsc::Sender<()>, journal: Arc<Journal>) -> Self {
+        // Runs on notify's thread: record and signal; never block it.
         let handler = move |event: notify::Result<notify::Event>| {
+            journal.record(&event);
             let relevant = match &event {
+                // A writer closing a file: held content may go live now.
+                Ok(e) if e.kind == EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
                 // sidekey's own reads of the files show up as accesses.
                 Ok(e) => !matches!(e.kind, EventKind::Access(_)),
                 // Overflow or a lost watch: re-read to be safe.
@@ -157,6 +215,17 @@ impl Dirs {
             watcher,
             watched: BTreeSet::new(),
         }
+    }
+
+    /// Watches the directories of the files the current snapshot names.
+    fn follow(&mut self, shared: &Shared) {
+        let snap = shared.snapshot();
+        let files = if snap.config.reload.watch {
+            snap.files(&shared.source, shared.env.as_ref())
+        } else {
+            Vec::new()
+        };
+        self.sync(watch_dirs(&files));
     }
 
     /// Watches exactly `dirs`. Every directory is (re-)added each time: a

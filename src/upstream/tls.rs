@@ -33,7 +33,10 @@ pub(crate) fn read_cas(files: &[&PathBuf]) -> Result<Vec<CertificateDer<'static>
             path: path.display().to_string(),
             reason,
         };
-        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        // Regular files only, 16 MiB at most (`files::CA_CAP`).
+        let pem = crate::files::read(path, crate::files::Kind::CaBundle)
+            .map_err(|e| err(e.to_string()))?
+            .bytes;
         let before = out.len();
         for cert in CertificateDer::pem_slice_iter(&pem) {
             out.push(cert.map_err(|e| err(format!("not valid PEM: {e}")))?);

@@ -5,6 +5,9 @@
 //! - [`mock`]: a mock provider that records every request and plays scripted answers.
 //! - [`sidekey`]: start sidekey in-process from TOML text.
 //! - [`client`]: a plain HTTP client for talking to sidekey.
+//! - [`echo`]: a provider that echoes the key it got, and reload probes.
+//! - [`kubelet`]: files written as the kubelet, editors and people write them.
+//! - [`process`]: the sidekey binary as a child process.
 
 #![allow(
     dead_code,
@@ -20,6 +23,7 @@
 #![allow(unreachable_pub, missing_docs, reason = "test helpers")]
 
 pub mod client;
+pub mod echo;
 pub mod google;
 pub mod kubelet;
 pub mod mock;

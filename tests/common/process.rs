@@ -84,6 +84,16 @@ impl Proc {
         self.child.id().unwrap()
     }
 
+    /// Sends `signal` (`-HUP`, `-TERM`, ...) with kill(1).
+    pub async fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
