@@ -39,6 +39,7 @@
 //! behind an uncontended per-request mutex.
 
 mod admin;
+mod body;
 pub mod check;
 pub mod cli;
 mod config;
@@ -46,15 +47,18 @@ mod credentials;
 pub mod env;
 mod error;
 mod files;
+mod metrics;
 mod providers;
 mod proxy;
 mod reload;
 mod routes;
+mod secret;
 mod server;
 pub mod shutdown;
 pub mod telemetry;
 mod tokens;
 mod upstream;
+mod url;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,12 +68,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub use config::{ConfigError, ConfigSource, Overrides};
-pub use credentials::{Fingerprint, Secret};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use files::FileError;
+pub use secret::{Fingerprint, Secret};
 
-use admin::metrics::ReloadResult;
 use config::Config;
+use metrics::ReloadResult;
 use reload::{Registries, Shared, Snapshot};
 
 /// How to start sidekey.

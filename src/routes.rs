@@ -8,138 +8,15 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::HeaderName;
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 
-use crate::admin::metrics::RouteMetrics;
 use crate::credentials::KeySet;
+use crate::metrics::RouteMetrics;
 use crate::providers::Spec;
 use crate::upstream::Client;
-
-/// An upstream base URL: scheme, host and an optional base path
-/// (`https://api.groq.com/openai`). Parsed once, at config time.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct UpstreamBase {
-    scheme: Scheme,
-    authority: Authority,
-    /// `""` or a path without trailing slash, e.g. `/openai`.
-    base_path: Box<str>,
-}
-
-/// `url` cut before any `?` and without user info (`user:pass@`).
-fn shown_url(url: &str) -> String {
-    let url = url.split('?').next().unwrap_or_default();
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, None), |(a, p)| (a, Some(p)));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let mut out = String::new();
-    if !scheme.is_empty() {
-        out.push_str(scheme);
-        out.push_str("://");
-    }
-    out.push_str(host);
-    if let Some(p) = path {
-        out.push('/');
-        out.push_str(p);
-    }
-    out
-}
-
-impl FromStr for UpstreamBase {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        // Errors show the URL without a query or user info, which could
-        // hold a key (`?key=AIza...`, `https://user:secret@host`).
-        let shown = shown_url(raw);
-        let s = shown.as_str();
-        let uri: Uri = raw.parse().map_err(|_| {
-            format!("`{s}` is not a URL; expected e.g. \"https://api.example.com/v1\"")
-        })?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("`{s}` needs http:// or https://"))?;
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(format!(
-                "`{s}`: only http:// and https:// upstreams are supported"
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{s}` has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(
-                "an upstream URL must not contain user info; put credentials in `key` or `headers`"
-                    .to_owned(),
-            );
-        }
-        if uri.query().is_some() {
-            return Err(format!(
-                "`{s}?…`: an upstream URL must not have a query (put a key in `key`, not in the URL)"
-            ));
-        }
-        Ok(Self {
-            scheme,
-            authority,
-            base_path: uri.path().trim_end_matches('/').into(),
-        })
-    }
-}
-
-impl UpstreamBase {
-    /// The host (and port, if given), for logs and error messages.
-    pub(crate) fn host(&self) -> &str {
-        self.authority.as_str()
-    }
-
-    /// The upstream URI for a client path remainder and query.
-    ///
-    /// # Errors
-    ///
-    /// If the combined path is not a valid URI path (cannot happen for a path
-    /// hyper already parsed, but the request path does not unwrap).
-    pub(crate) fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let query = query.filter(|q| !q.is_empty());
-        let mut pq = String::with_capacity(
-            self.base_path.len() + rest.len() + query.map_or(1, |q| q.len() + 2),
-        );
-        pq.push_str(&self.base_path);
-        pq.push_str(rest);
-        if pq.is_empty() {
-            pq.push('/');
-        }
-        if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(pq))?);
-        Ok(Uri::from_parts(parts)?)
-    }
-}
-
-impl fmt::Display for UpstreamBase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
-    }
-}
-
-impl fmt::Debug for UpstreamBase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+pub(crate) use crate::url::UpstreamBase;
 
 /// Where a request goes and with which keys.
 #[derive(Debug)]
@@ -296,38 +173,6 @@ mod tests {
         assert_eq!(split_path("/groq"), ("groq", ""));
         assert_eq!(split_path("/groq/"), ("groq", "/"));
         assert_eq!(split_path("/"), ("", ""));
-    }
-
-    #[test]
-    fn maps_path_and_query_onto_the_base() {
-        let base: UpstreamBase = "https://api.groq.com/openai/".parse().unwrap();
-        assert_eq!(
-            base.uri("/v1/chat/completions", Some("a=1"))
-                .unwrap()
-                .to_string(),
-            "https://api.groq.com/openai/v1/chat/completions?a=1"
-        );
-        let root: UpstreamBase = "http://127.0.0.1:9000".parse().unwrap();
-        assert_eq!(
-            root.uri("", None).unwrap().to_string(),
-            "http://127.0.0.1:9000/"
-        );
-        assert_eq!(
-            root.uri("/x%3Ay", Some("")).unwrap().to_string(),
-            "http://127.0.0.1:9000/x%3Ay"
-        );
-    }
-
-    #[test]
-    fn rejects_bad_upstreams() {
-        for bad in [
-            "ftp://x",
-            "api.openai.com",
-            "https://user:pw@host",
-            "https://h/?q=1",
-        ] {
-            assert!(bad.parse::<UpstreamBase>().is_err(), "{bad}");
-        }
     }
 
     #[test]

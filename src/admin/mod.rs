@@ -10,9 +10,7 @@
 //!   otherwise, and from the moment shutdown begins. Either way the body
 //!   lists what is stale (the config or credentials serving their last good
 //!   value because the files on disk cannot be applied).
-//! - `GET /metrics`: Prometheus text; names are listed in [`metrics`].
-
-pub(crate) mod metrics;
+//! - `GET /metrics`: Prometheus text; names are listed in `crate::metrics`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;

@@ -1,34 +1,33 @@
 //! Credentials: where they come from, reading them, and choosing one per request.
 //!
 //! - [`location`]: the `env::`/`path::`/... syntax (design.md, "Credential locations").
-//! - [`secret`]: the [`Secret`] type that redacts and wipes.
+//! - [`Secret`] (in `crate::secret`, a leaf): the type that redacts and wipes.
 //! - [`resolve`]: reading a location into a secret, with a reason when it fails.
 //! - [`pool`]: resting rejected keys and spreading a pool's load.
 //! - [`KeySpec`] is the configured shape (one key, default + fallback, a pool);
-//!   [`KeySet`] is its resolved form inside a snapshot, with each key's header
-//!   value prepared once so the request path only clones it, and
-//!   [`KeySet::candidates`] orders the keys a request tries.
+//!   [`KeySet`] is its resolved form inside a snapshot (`value.rs` reads each
+//!   location: a key's header value prepared once so the request path only
+//!   clones it, or a token source handed to `crate::tokens`), and
+//!   [`KeySet::candidates`] (`candidates.rs`) orders the keys a request tries.
 
+mod candidates;
 pub(crate) mod location;
 pub(crate) mod pool;
 pub(crate) mod resolve;
-pub(crate) mod secret;
+mod value;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 
+pub(crate) use crate::secret::{Fingerprint, Secret};
 pub(crate) use location::{DYNAMIC_HEADER_PREFIX, Location};
-pub use secret::{Fingerprint, Secret};
 
-use crate::admin::metrics::RouteMetrics;
-use crate::tokens::jwt::ServiceAccount;
-use crate::tokens::{Source, TokenCache, TokenRegistry};
-use crate::upstream::Client;
-use pool::{Cursor, HealthRegistry, KeyHealth, Standing, now_ms};
-use resolve::{Reader, Unavailable};
+use crate::tokens::TokenCache;
+use pool::{Cursor, HealthRegistry, KeyHealth};
+use resolve::Unavailable;
+pub(crate) use value::Minting;
 
 /// How the keys of a credential setting are used.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -209,23 +208,8 @@ pub(crate) struct HealthScope<'a> {
 }
 
 impl KeySet {
-    /// Reads every location of `spec` and prepares its header value as
-    /// `prefix` + secret (`"Bearer "` or nothing). Missing keys are kept as
-    /// [`KeyValue::Missing`]: a route with a missing key still serves (503
-    /// naming the location) and recovers on reload.
-    pub(crate) fn resolve(
-        spec: &KeySpec,
-        prefix: &str,
-        reader: Reader<'_>,
-        scope: &HealthScope<'_>,
-    ) -> Self {
-        Self::build(spec, scope, |location| {
-            resolve_one(location, prefix, reader, scope)
-        })
-    }
-
     /// The set of `spec`'s locations, each resolved by `value`.
-    fn build(
+    pub(super) fn build(
         spec: &KeySpec,
         scope: &HealthScope<'_>,
         mut value: impl FnMut(&Location) -> KeyValue,
@@ -267,121 +251,6 @@ impl KeySet {
             .filter(|k| k.health().is_some_and(|h| h.is_rested(now)))
             .count()
     }
-
-    /// The credentials to try for one request, best first: keys that are
-    /// not resting (in order for `{ default, fallback }`, from the next
-    /// round-robin position for a pool), a key whose rest just ended and
-    /// that this request probes (first), then resting keys as a last resort
-    /// (soonest rest end first) rather than no answer. A `dynamic::` key
-    /// counts when the request carries its header; the header is taken out
-    /// of `headers` so it is never forwarded.
-    ///
-    /// # Errors
-    ///
-    /// [`NoCredential`] naming every location and why it cannot serve.
-    pub(crate) fn candidates(
-        &self,
-        headers: &mut HeaderMap,
-        probe_window: Duration,
-    ) -> Result<Vec<Candidate<'_>>, NoCredential> {
-        let n = self.keys.len();
-        let start = if self.policy == Policy::Pool {
-            self.cursor.next(n)
-        } else {
-            0
-        };
-        let now = now_ms();
-        let mut usable = Vec::with_capacity(n);
-        let mut resting = Vec::new();
-        let mut probes = 0;
-        for key in self.keys.iter().cycle().skip(start).take(n) {
-            let location = &key.location;
-            let (chosen, health) = match &key.value {
-                KeyValue::Static {
-                    header,
-                    fingerprint,
-                    health,
-                } => (
-                    Chosen::Static {
-                        header,
-                        fingerprint: *fingerprint,
-                    },
-                    health,
-                ),
-                KeyValue::Token {
-                    cache,
-                    fingerprint,
-                    health,
-                    ..
-                } => (
-                    Chosen::Token {
-                        cache,
-                        fingerprint: *fingerprint,
-                    },
-                    health,
-                ),
-                KeyValue::Dynamic(name) => {
-                    if let Some(mut v) = headers.remove(name.header()) {
-                        v.set_sensitive(true);
-                        usable.push(Candidate {
-                            chosen: Chosen::Dynamic(v),
-                            health: None,
-                            location,
-                            was_rested: false,
-                        });
-                    }
-                    continue;
-                }
-                KeyValue::None => {
-                    usable.push(Candidate {
-                        chosen: Chosen::Nothing,
-                        health: None,
-                        location,
-                        was_rested: false,
-                    });
-                    continue;
-                }
-                KeyValue::Missing(_) => continue,
-            };
-            // A single key is never rested out of use: there is no other.
-            let standing = if n == 1 {
-                Standing::Healthy
-            } else {
-                health.standing(now, probe_window)
-            };
-            let candidate = Candidate {
-                chosen,
-                health: Some(health),
-                location,
-                was_rested: standing != Standing::Healthy,
-            };
-            match standing {
-                Standing::Healthy => usable.push(candidate),
-                Standing::Probe => {
-                    usable.insert(probes, candidate);
-                    probes += 1;
-                }
-                Standing::Rested(until) => resting.push((until, candidate)),
-            }
-        }
-        resting.sort_by_key(|(until, _)| *until);
-        usable.extend(resting.into_iter().map(|(_, c)| c));
-        if usable.is_empty() {
-            return Err(NoCredential(
-                self.keys
-                    .iter()
-                    .map(|k| match &k.value {
-                        KeyValue::Missing(why) => why.to_string(),
-                        KeyValue::Dynamic(name) => {
-                            format!("{}: request has no {} header", k.location, name.header())
-                        }
-                        _ => k.location.to_string(),
-                    })
-                    .collect(),
-            ));
-        }
-        Ok(usable)
-    }
 }
 
 impl Key {
@@ -394,119 +263,14 @@ impl Key {
     }
 }
 
-impl KeySet {
-    /// Like [`KeySet::resolve`] for token sources (Vertex `credentials`):
-    /// each location is a service-account JSON (`env::NAME` names its *path*,
-    /// as TensorZero's `GCP_VERTEX_CREDENTIALS_PATH` does) or `metadata`.
-    /// The JSON is parsed and its key loaded now; tokens are minted by the
-    /// cache's own task (none in offline mode, for `check`).
-    pub(crate) fn resolve_tokens(
-        spec: &KeySpec,
-        reader: Reader<'_>,
-        scope: &HealthScope<'_>,
-        tokens: &TokenRegistry,
-        client: &Client,
-        metrics: &Arc<RouteMetrics>,
-    ) -> Self {
-        Self::build(spec, scope, |location| {
-            resolve_token(location, reader, scope, tokens, client, metrics)
-        })
-    }
-}
-
-fn resolve_token(
-    location: &Location,
-    reader: Reader<'_>,
-    scope: &HealthScope<'_>,
-    tokens: &TokenRegistry,
-    client: &Client,
-    metrics: &Arc<RouteMetrics>,
-) -> KeyValue {
-    let (source, digest) = match location {
-        Location::None => return KeyValue::None,
-        Location::Dynamic(name) => return KeyValue::Dynamic(name.clone()),
-        Location::Metadata => {
-            let host = reader
-                .env
-                .var(crate::tokens::metadata::ENV_HOST)
-                .unwrap_or_else(|| crate::tokens::metadata::DEFAULT_HOST.to_owned());
-            let digest = Fingerprint::digest_of(host.as_bytes());
-            (Source::Metadata { host }, digest)
-        }
-        Location::Env(var) | Location::PathFromEnv(var) => {
-            let Some(path) = reader.env.var(var) else {
-                return KeyValue::Missing(Unavailable::reason(
-                    location,
-                    "environment variable is not set",
-                ));
-            };
-            match read_account(reader, location, std::path::Path::new(&path)) {
-                Ok(found) => found,
-                Err(why) => return KeyValue::Missing(why),
-            }
-        }
-        Location::Path(path) => match read_account(reader, location, path) {
-            Ok(found) => found,
-            Err(why) => return KeyValue::Missing(why),
-        },
-    };
-    let fingerprint = match &source {
-        Source::Account(sa) => sa.fingerprint,
-        Source::Metadata { host } => Fingerprint::of(host.as_bytes()),
-    };
-    let cache = tokens.get(scope.route, scope.label, digest, client, || {
-        (source, metrics.clone())
-    });
-    KeyValue::Token {
-        cache,
-        fingerprint,
-        digest,
-        health: scope.registry.get(scope.route, scope.label, digest),
-    }
-}
-
-/// Reads and parses a service-account JSON.
-fn read_account(
-    reader: Reader<'_>,
-    location: &Location,
-    path: &std::path::Path,
-) -> Result<(Source, [u8; 32]), Unavailable> {
-    // A JSON file, not a header value: newlines and any UTF-8 are fine.
-    let json = reader.read_raw(location, path)?;
-    let account = ServiceAccount::parse(&json).map_err(|e| Unavailable::reason(location, e))?;
-    Ok((
-        Source::Account(Box::new(account)),
-        Fingerprint::digest_of(&json),
-    ))
-}
-
-fn resolve_one(
-    location: &Location,
-    prefix: &str,
-    reader: Reader<'_>,
-    scope: &HealthScope<'_>,
-) -> KeyValue {
-    match location {
-        Location::None => KeyValue::None,
-        Location::Dynamic(name) => KeyValue::Dynamic(name.clone()),
-        _ => match reader.read(location).and_then(|secret| {
-            secret
-                .header_value(prefix)
-                .map(|header| (header, secret.fingerprint(), secret.digest()))
-                .map_err(|e| Unavailable::invalid(location, e))
-        }) {
-            Ok((header, fingerprint, digest)) => KeyValue::Static {
-                header,
-                fingerprint,
-                health: scope.registry.get(scope.route, scope.label, digest),
-            },
-            Err(why) => KeyValue::Missing(why),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use http::HeaderMap;
+
+    use super::pool::now_ms;
+    use super::resolve::Reader;
     use super::*;
     use crate::env::{Env, MapEnv};
     use crate::files::Direct;

@@ -11,9 +11,9 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use super::Location;
-use super::secret::{InvalidSecret, Secret};
 use crate::env::Env;
 use crate::files::{FileError, Files, Kind};
+use crate::secret::{InvalidSecret, Secret};
 
 /// Why a credential could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,8 +6,9 @@
 //! deployments that are not listed, and paths without a deployment (such as
 //! `/openai/models` or the `/openai/v1/...` API).
 
+use std::collections::HashMap;
+
 use crate::error::ProxyError;
-use crate::routes::{Route, Target};
 
 /// The deployment named in `/openai/deployments/{name}/...`.
 pub(crate) fn deployment(rest: &str) -> Option<&str> {
@@ -16,30 +17,31 @@ pub(crate) fn deployment(rest: &str) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
-/// The target for a request path on an azure route.
+/// The target (of the deployment, or the default) for a request path on
+/// the azure route `route`.
 ///
 /// # Errors
 ///
 /// [`ProxyError::UnknownDeployment`] / [`ProxyError::NoDeployment`] when no
 /// target serves the path.
-pub(crate) fn target<'r>(
-    route: &Route,
-    deployments: &'r std::collections::HashMap<Box<str>, Target>,
-    default: Option<&'r Target>,
+pub(crate) fn target<'r, T>(
+    route: &str,
+    deployments: &'r HashMap<Box<str>, T>,
+    default: Option<&'r T>,
     rest: &str,
-) -> Result<&'r Target, ProxyError> {
+) -> Result<&'r T, ProxyError> {
     match deployment(rest) {
         Some(name) => deployments.get(name).or(default).ok_or_else(|| {
             let mut known: Vec<_> = deployments.keys().map(|k| &**k).collect();
             known.sort_unstable();
             ProxyError::UnknownDeployment {
-                route: route.name.to_string(),
+                route: route.to_owned(),
                 deployment: name.to_owned(),
                 known: known.join(", "),
             }
         }),
         None => default.ok_or_else(|| ProxyError::NoDeployment {
-            route: route.name.to_string(),
+            route: route.to_owned(),
         }),
     }
 }

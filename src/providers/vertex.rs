@@ -20,7 +20,7 @@ use http::Uri;
 
 use crate::credentials::KeySet;
 use crate::error::ProxyError;
-use crate::routes::UpstreamBase;
+use crate::url::UpstreamBase;
 
 /// The location used when neither the route nor the path names one.
 pub(crate) const DEFAULT_LOCATION: &str = "us-central1";

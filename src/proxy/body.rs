@@ -19,12 +19,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::admin::metrics::RouteMetrics;
+use crate::body::BoxError;
 use crate::credentials::Fingerprint;
+use crate::metrics::RouteMetrics;
 use crate::upstream::LaneGuard;
-
-/// The error type of response bodies.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a response ended, for the access log.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,6 +68,8 @@ pub(crate) struct Done {
     /// The response's place on its upstream connection: freed with the record.
     #[allow(dead_code, reason = "held for its Drop, which frees the place")]
     pub(crate) lane: Option<LaneGuard>,
+    /// The request's span: the access-log line is written inside it.
+    pub(crate) span: tracing::Span,
 }
 
 impl std::fmt::Debug for Done {
@@ -88,6 +88,7 @@ impl std::fmt::Debug for Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
+        let _span = self.span.enter();
         let elapsed = self.start.elapsed();
         self.metrics.observe(self.status, elapsed);
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;

@@ -9,28 +9,33 @@
 //!
 //! Steps, each in its own file: [`inbound`] (refuse forward-proxy requests,
 //! check the inbound token), routing ([`crate::routes`]), credential choice
-//! ([`crate::credentials`]), [`strip`], [`allowlist`], injection
-//! ([`crate::providers`]), [`forward`], and [`body`] for the way back.
+//! ([`crate::credentials`]), [`strip`], [`allowlist`], then [`attempt`] (the
+//! loop over attempts: inject in the provider's form, [`forward`], classify,
+//! fall back), and [`body`] for the way back.
+//!
+//! Every request runs in one `request` span (`id`, `route`): the failover,
+//! token and access-log events of a request carry the same id.
 
 pub(crate) mod allowlist;
+pub(crate) mod attempt;
 pub(crate) mod body;
-pub(crate) mod fallback;
 pub(crate) mod forward;
 pub(crate) mod inbound;
-pub(crate) mod replay;
 pub(crate) mod strip;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response, Uri, Version, request};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
-use crate::admin::metrics::RouteMetrics;
 use crate::credentials::{Chosen, Fingerprint, KeySet};
 use crate::error::ProxyError;
+use crate::metrics::RouteMetrics;
 use crate::providers::azure;
 use crate::reload::{Shared, Snapshot};
 use crate::routes::{self, Route, Target, Targets};
@@ -44,6 +49,10 @@ struct RequestCtx {
     attempts: u8,
 }
 
+/// Numbers requests for their span (`id`), so a failover or token warning
+/// can be tied to its access-log line.
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
 /// Serves one request. Never fails: errors become envelope responses.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -55,8 +64,17 @@ pub(crate) async fn handle(
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     let mut cx = RequestCtx::default();
+    // Field values are only evaluated when the span is enabled: with INFO
+    // off, this is one check of a cached interest.
+    let span = tracing::info_span!(
+        "request",
+        id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed),
+        route = tracing::field::Empty
+    );
 
-    let result = handle_inner(&snap, &uri, parts, body, &mut cx).await;
+    let result = handle_inner(&snap, &uri, parts, body, &mut cx)
+        .instrument(span.clone())
+        .await;
 
     let done = |status, error, lane| Done {
         metrics: cx
@@ -72,6 +90,7 @@ pub(crate) async fn handle(
         error,
         outcome: Outcome::ClientClosed,
         lane,
+        span: span.clone(),
     };
     Ok(match result {
         Ok(answer) => {
@@ -101,7 +120,7 @@ async fn handle_inner(
     mut parts: request::Parts,
     body: Incoming,
     cx: &mut RequestCtx,
-) -> Result<fallback::Answer, ProxyError> {
+) -> Result<attempt::Answer, ProxyError> {
     inbound::check(&parts)?;
     inbound::authorize(snap, &parts.headers)?;
 
@@ -109,21 +128,28 @@ async fn handle_inner(
     //    route's upstream.
     let (name, rest) = routes::split_path(uri.path());
     let route = select(snap, name)?;
+    tracing::Span::current().record("route", &*route.name);
     cx.metrics = Some(route.metrics.clone());
     let query = uri.query().map(routes::strip_key_param);
     let plan = plan(route, rest, query.as_deref())?;
 
     // 2. Choose the credentials to try (a dynamic one is taken out of the
     //    request), then remove every client credential and hop-by-hop header.
+    let limits = attempt::Limits {
+        request_timeout: snap.config.limits.request_timeout,
+        max_replay_body: snap.config.limits.max_replay_body,
+        rest: snap.config.keys.rest,
+        rate_limit_rest: snap.config.keys.rate_limit_rest,
+    };
     let candidates = plan
         .keys
-        .candidates(&mut parts.headers, snap.config.keys.rest)
+        .candidates(&mut parts.headers, limits.rest)
         .map_err(|source| credential_error(route, "", source))?;
     let extra = extra_headers(route, &mut parts.headers)?;
     strip::request(&mut parts.headers);
 
     // 3. Enforce the model allowlist.
-    let limit = snap.config.limits.max_replay_body;
+    let limit = limits.max_replay_body;
     let body = allowlist::check(route, rest, plan.deployment, &parts.headers, body, limit).await?;
 
     // 4. Add the credential in the provider's form and forward, trying the
@@ -131,21 +157,14 @@ async fn handle_inner(
     for (name, value) in extra {
         parts.headers.insert(name, value);
     }
-    let prepared = fallback::Prepared {
+    let prepared = attempt::Prepared {
         method: parts.method,
         uri: plan.uri,
         headers: parts.headers,
         body,
     };
-    let answer = fallback::send(
-        route,
-        plan.keys,
-        &plan.host,
-        &snap.config,
-        candidates,
-        prepared,
-    )
-    .await;
+    let (exchange, body) = attempt::Exchange::new(route, plan.keys, &plan.host, limits, prepared);
+    let answer = attempt::send(exchange, candidates, body).await;
     if let Ok(a) = &answer {
         cx.attempts = a.attempts;
         cx.fingerprint = a.fingerprint;
@@ -198,7 +217,7 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
             deployments,
             default,
         } => to(
-            azure::target(route, deployments, default.as_ref(), rest)?,
+            azure::target(&route.name, deployments, default.as_ref(), rest)?,
             azure::deployment(rest),
         ),
         Targets::Vertex(v) => {

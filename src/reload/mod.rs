@@ -22,10 +22,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::admin::metrics::ReloadResult;
 use crate::config::{Config, ConfigError, ConfigSource, Overrides};
 use crate::env::Env;
 use crate::files::{FileError, Files};
+use crate::metrics::ReloadResult;
 use gate::{Gate, Journal};
 pub(crate) use snapshot::{Inputs, Registries, Snapshot};
 

@@ -19,18 +19,20 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::admin::metrics::{CredentialLive, Metrics};
 use crate::config::{Config, ConfigSource, RouteConfig};
 use crate::credentials::pool::HealthRegistry;
 use crate::credentials::resolve::Reader;
 use crate::credentials::resolve::Unavailable;
-use crate::credentials::{Fingerprint, HealthScope, KeySet, KeySpec, KeyValue, Location, Secret};
+use crate::credentials::{
+    Fingerprint, HealthScope, KeySet, KeySpec, KeyValue, Location, Minting, Secret,
+};
 use crate::env::Env;
 use crate::files::Files;
+use crate::metrics::{CredentialLive, Metrics};
 use crate::providers::Family;
 use crate::providers::vertex::{DEFAULT_LOCATION, VertexTarget};
 use crate::routes::{Route, RouteTable, Target, Targets};
-use crate::tokens::{Source, TokenRegistry};
+use crate::tokens::TokenRegistry;
 use crate::upstream::tls::TlsError;
 use crate::upstream::{Client, Clients};
 
@@ -264,9 +266,9 @@ impl Snapshot {
 
     /// What `/metrics` reads from the snapshot: keys resting now, and the
     /// expiry of each token source's current token.
-    pub(crate) fn live_metrics(&self) -> crate::admin::metrics::Live {
+    pub(crate) fn live_metrics(&self) -> crate::metrics::Live {
         let now = crate::credentials::pool::now_ms();
-        let mut live = crate::admin::metrics::Live::default();
+        let mut live = crate::metrics::Live::default();
         for route in self.routes.iter_sorted() {
             let sets = route.key_sets();
             live.rested.push((
@@ -512,22 +514,18 @@ impl Cx<'_> {
             label,
         };
         let metrics = reg.metrics.route(&rc.name);
-        let mut keys = KeySet::resolve_tokens(
-            &settings.credentials,
-            self.inputs.reader(),
-            &scope,
-            &reg.tokens,
+        let minting = Minting {
+            registry: &reg.tokens,
             client,
-            &metrics,
-        );
+            metrics: &metrics,
+        };
+        let mut keys =
+            KeySet::resolve_tokens(&settings.credentials, self.inputs.reader(), &scope, minting);
         self.keep_last_good(rc, label, &mut keys);
         // The project defaults to the first service account's.
         let project = settings.project.or_else(|| {
             keys.keys.iter().find_map(|k| match &k.value {
-                KeyValue::Token { cache, .. } => match cache.source() {
-                    Source::Account(sa) => sa.project_id.clone(),
-                    Source::Metadata { .. } => None,
-                },
+                KeyValue::Token { cache, .. } => cache.source().project_id().map(str::to_owned),
                 _ => None,
             })
         });

@@ -12,13 +12,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::Request;
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 use zeroize::Zeroizing;
 
-use crate::credentials::Fingerprint;
+use super::{Mint, MintError, MintFuture, oauth};
+use crate::secret::Fingerprint;
+use crate::upstream::{Client, UpstreamBody};
 
 /// The OAuth2 scope Vertex AI needs.
 pub(crate) const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -192,6 +196,35 @@ impl ServiceAccount {
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
             self.assertion(now)?
         ))
+    }
+}
+
+impl Mint for ServiceAccount {
+    fn describe(&self) -> String {
+        format!(
+            "service account {} ({})",
+            self.client_email, self.fingerprint
+        )
+    }
+
+    fn mint<'a>(&'a self, client: &'a Client, now: SystemTime) -> MintFuture<'a> {
+        Box::pin(async move {
+            let body = self
+                .token_request_body(now)
+                .map_err(|e| MintError::Request(e.to_string()))?;
+            let req = Request::post(self.token_uri.as_str())
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(UpstreamBody::buffered(Bytes::from(body)))
+                .map_err(|e| MintError::Request(format!("bad token_uri: {e}")))?;
+            oauth::exchange(client, req).await
+        })
+    }
+
+    fn project_id(&self) -> Option<&str> {
+        self.project_id.as_deref()
     }
 }
 

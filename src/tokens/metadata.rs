@@ -5,9 +5,12 @@
 //! "token_type"}`. The host is `metadata.google.internal` unless
 //! `GCE_METADATA_HOST` names another (as Google's own libraries allow).
 
+use std::time::SystemTime;
+
 use http::Request;
 
-use crate::upstream::UpstreamBody;
+use super::{Mint, MintError, MintFuture, oauth};
+use crate::upstream::{Client, UpstreamBody};
 
 /// The environment variable that overrides the metadata server's address.
 pub(crate) const ENV_HOST: &str = "GCE_METADATA_HOST";
@@ -16,16 +19,40 @@ pub(crate) const DEFAULT_HOST: &str = "metadata.google.internal";
 
 const TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 
-/// The token request for the metadata server at `host`.
-///
-/// # Errors
-///
-/// When `host` does not make a valid URI.
-pub(crate) fn request(host: &str) -> Result<Request<UpstreamBody>, http::Error> {
-    Request::get(format!(
-        "http://{host}{TOKEN_PATH}?scopes={}",
-        super::jwt::SCOPE
-    ))
-    .header("metadata-flavor", "Google")
-    .body(UpstreamBody::buffered(bytes::Bytes::new()))
+/// The metadata server at `host`, as a token source.
+#[derive(Debug)]
+pub(crate) struct MetadataServer {
+    pub(crate) host: String,
+}
+
+impl MetadataServer {
+    /// The token request.
+    ///
+    /// # Errors
+    ///
+    /// When `host` does not make a valid URI.
+    fn request(&self) -> Result<Request<UpstreamBody>, http::Error> {
+        Request::get(format!(
+            "http://{}{TOKEN_PATH}?scopes={}",
+            self.host,
+            super::jwt::SCOPE
+        ))
+        .header("metadata-flavor", "Google")
+        .body(UpstreamBody::buffered(bytes::Bytes::new()))
+    }
+}
+
+impl Mint for MetadataServer {
+    fn describe(&self) -> String {
+        format!("metadata server {}", self.host)
+    }
+
+    fn mint<'a>(&'a self, client: &'a Client, _now: SystemTime) -> MintFuture<'a> {
+        Box::pin(async move {
+            let req = self
+                .request()
+                .map_err(|e| MintError::Request(format!("bad metadata host: {e}")))?;
+            oauth::exchange(client, req).await
+        })
+    }
 }

@@ -8,7 +8,6 @@
 //! route's trust settings keeps its warm connections. Knows nothing of routes
 //! or credentials.
 
-pub(crate) mod body;
 pub(crate) mod client;
 pub(crate) mod tls;
 
@@ -17,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub(crate) use body::UpstreamBody;
+pub(crate) use crate::body::UpstreamBody;
 pub(crate) use client::{Client, LaneGuard};
 use tls::TlsError;
 

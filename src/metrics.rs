@@ -1,5 +1,8 @@
 //! Prometheus metrics, lock-free on the request path.
 //!
+//! A leaf: it imports nothing of sidekey, and everything that counts
+//! imports it.
+//!
 //! design.md, "Operations": every name is prefixed `sidekey_`. Per-route
 //! counters are plain atomics in a [`RouteMetrics`] that the snapshot hands
 //! to each route, so recording a request is a few relaxed atomic adds: no
@@ -28,8 +31,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
-
-use crate::providers::Verdict;
 
 /// Upper bounds (seconds) of the latency buckets: LLM calls run from
 /// milliseconds (errors, cached answers) to many minutes (long generations).
@@ -139,11 +140,13 @@ impl RouteMetrics {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// Counts a switch to another key after `verdict`.
-    pub(crate) fn failover(&self, verdict: Verdict) {
-        let counter = match verdict {
-            Verdict::RateLimited(_) => &self.failovers_rate_limited,
-            Verdict::Rejected(_) | Verdict::Accepted => &self.failovers_rejected,
+    /// Counts a switch to another key after the upstream rejected the key
+    /// (`rate_limited` false) or rate-limited it (true).
+    pub(crate) fn failover(&self, rate_limited: bool) {
+        let counter = if rate_limited {
+            &self.failovers_rate_limited
+        } else {
+            &self.failovers_rejected
         };
         counter.fetch_add(1, Relaxed);
     }

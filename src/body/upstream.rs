@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::proxy::body::BoxError;
-use crate::proxy::replay::ReplayBody;
+use super::BoxError;
+use super::replay::ReplayBody;
 
 pin_project_lite::pin_project! {
     /// What a request sends upstream.

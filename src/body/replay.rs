@@ -23,7 +23,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::body::BoxError;
+use super::BoxError;
 
 /// The fallback loop's handle: makes a new attempt's body.
 #[derive(Debug, Clone)]

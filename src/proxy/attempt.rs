@@ -1,0 +1,404 @@
+//! A request as a loop over attempts (design.md, "Request path" steps 4-5).
+//!
+//! [`Exchange::attempt`] performs one attempt: take the candidate
+//! credential, apply it in the provider's form, forward, peek at the answer
+//! and classify it. [`send`] is the loop that decides what comes next:
+//! return the answer, retry once with a fresh token (when the provider's row
+//! says `refresh_on_reject` and the credential is minted), or move to the
+//! next candidate key (the failed key is rested). The client sees only the
+//! final answer; when every key is rejected it gets the provider's last
+//! answer unchanged. Connection failures are not about the key and are
+//! answered at once (502/504).
+//!
+//! A request is retried only if its body can be sent again ([`Again`]):
+//! bytes already in memory, or a body kept by [`Replay`] within
+//! `limits.max_replay_body`. A larger body streams through with its first
+//! key only, and the route logs that once. The header map is copied only
+//! for an attempt that may be followed by another.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body::Frame;
+use hyper::body::Incoming;
+
+use super::body::{joined, peek};
+use crate::body::UpstreamBody;
+use crate::body::replay::{Replay, ReplayBody};
+use crate::credentials::{Candidate, Chosen, Fingerprint, KeySet, NoCredential, Policy};
+use crate::error::ProxyError;
+use crate::providers::{self, Verdict};
+use crate::routes::Route;
+use crate::tokens::{Token, TokenError};
+use crate::upstream::LaneGuard;
+
+/// How much of an error answer is read to classify it.
+const PEEK_LIMIT: usize = 64 << 10;
+
+/// Longest a request waits for a token (the first one, or a fresh one after
+/// a rejection); also bounded by `limits.request_timeout`.
+const TOKEN_WAIT: Duration = Duration::from_secs(30);
+
+/// The settings a request's attempts run under (from the snapshot's config).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_replay_body: u64,
+    /// How long a rejected key rests.
+    pub(crate) rest: Duration,
+    /// How long a rate-limited pool key rests without `Retry-After`.
+    pub(crate) rate_limit_rest: Duration,
+}
+
+/// The request, ready to go out but for its credential.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: UpstreamBody,
+}
+
+/// The answer passed to the client: its head and body, with the frames
+/// already read to classify it.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) response: Response<Incoming>,
+    pub(crate) prefix: VecDeque<Frame<Bytes>>,
+    /// How many attempts were made.
+    pub(crate) attempts: u8,
+    /// The fingerprint of the credential the final attempt carried.
+    pub(crate) fingerprint: Option<Fingerprint>,
+    /// The response's place on its upstream connection, held until the body ends.
+    pub(crate) lane: LaneGuard,
+}
+
+/// One attempt's answer and what it says about the credential.
+struct Tried {
+    answer: Answer,
+    verdict: Verdict,
+}
+
+/// What one request carries through its attempts (pingora's `CTX`).
+pub(crate) struct Exchange<'a> {
+    pub(crate) route: &'a Route,
+    pub(crate) keys: &'a KeySet,
+    /// The upstream host, for errors.
+    pub(crate) host: &'a str,
+    pub(crate) limits: Limits,
+    method: Method,
+    uri: Uri,
+    /// Taken by the last attempt; copied by the ones before it.
+    headers: HeaderMap,
+    again: Again,
+    attempts: u8,
+}
+
+/// Sends the request with each candidate in turn until an answer is final.
+///
+/// # Errors
+///
+/// [`ProxyError::UpstreamUnreachable`] / [`ProxyError::UpstreamTimeout`]
+/// when the provider cannot be reached; [`ProxyError::CredentialUnavailable`]
+/// when no candidate yields a token.
+pub(crate) async fn send(
+    mut x: Exchange<'_>,
+    candidates: Vec<Candidate<'_>>,
+    body: UpstreamBody,
+) -> Result<Answer, ProxyError> {
+    let refreshes = x.route.spec.refresh_on_reject;
+    let mut body = x.keep_for_retry(body, candidates.len() > 1 || refreshes);
+    let mut no_token = None;
+    let mut candidates = candidates.into_iter().peekable();
+    while let Some(candidate) = candidates.next() {
+        let mut token = match x.first_token(&candidate).await {
+            Ok(token) => token,
+            Err(e) => {
+                no_token = Some(e);
+                continue;
+            }
+        };
+        let mut refresh_left = refreshes && token.is_some();
+        loop {
+            let more = refresh_left || candidates.peek().is_some();
+            let tried = x.attempt(&candidate, token.as_ref(), body, more).await?;
+            if !x.wants_another(&candidate, &tried.verdict) {
+                return Ok(tried.answer);
+            }
+            // A rejected minted credential: one retry with a fresh one.
+            if refresh_left && matches!(tried.verdict, Verdict::Rejected(_)) {
+                refresh_left = false;
+                if let Some(fresh) = x.fresh_token(&candidate, token.as_ref()).await {
+                    let Some(next) = x.again.next() else {
+                        x.over_limit();
+                        return Ok(tried.answer);
+                    };
+                    tracing::info!(
+                        status = tried.answer.response.status().as_u16(),
+                        "access token rejected; retrying once with a fresh token"
+                    );
+                    (token, body) = (Some(fresh), next);
+                    continue;
+                }
+            }
+            x.rest(&candidate, tried.verdict);
+            let Some(next) = candidates.peek() else {
+                // Every key was tried: the client gets the provider's last word.
+                return Ok(tried.answer);
+            };
+            let Some(next_body) = x.again.next() else {
+                x.over_limit();
+                return Ok(tried.answer);
+            };
+            x.failover(&candidate, next, &tried);
+            // The rejected answer is dropped unread; its connection is not reused.
+            drop(tried);
+            body = next_body;
+            break;
+        }
+    }
+    // Only token sources leave the loop without an answer: none could mint,
+    // and there was nothing else to try.
+    Err(ProxyError::CredentialUnavailable {
+        route: x.route.name.to_string(),
+        source: NoCredential(vec![no_token.map_or_else(
+            || "no credential could be used".to_owned(),
+            |e| e.to_string(),
+        )]),
+    })
+}
+
+impl<'a> Exchange<'a> {
+    /// The exchange for `req` on `route`, before any attempt.
+    pub(crate) fn new(
+        route: &'a Route,
+        keys: &'a KeySet,
+        host: &'a str,
+        limits: Limits,
+        req: Prepared,
+    ) -> (Self, UpstreamBody) {
+        let exchange = Self {
+            route,
+            keys,
+            host,
+            limits,
+            method: req.method,
+            uri: req.uri,
+            headers: req.headers,
+            again: Again::Never,
+            attempts: 0,
+        };
+        (exchange, req.body)
+    }
+
+    /// One attempt: `candidate` (carrying `token` when it is a token
+    /// source) in the provider's form, forwarded, and its answer peeked at
+    /// and classified. `more`: another attempt may follow.
+    async fn attempt(
+        &mut self,
+        candidate: &Candidate<'_>,
+        token: Option<&Token>,
+        body: UpstreamBody,
+        more: bool,
+    ) -> Result<Tried, ProxyError> {
+        self.attempts = self.attempts.saturating_add(1);
+        let chosen = match (&candidate.chosen, token) {
+            (Chosen::Token { .. }, Some(t)) => Chosen::Minted(t.header.clone()),
+            (other, _) => other.clone(),
+        };
+        let mut headers = if more && self.again.possible() {
+            self.headers.clone()
+        } else {
+            std::mem::take(&mut self.headers)
+        };
+        providers::api_key::inject(self.route.spec, &mut headers, chosen);
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = headers;
+        let timeout = self.limits.request_timeout;
+        let (mut response, lane) =
+            super::forward::send(self.route, self.host, req, timeout).await?;
+        let rejects = self.route.spec.rejects;
+        let mut prefix = VecDeque::new();
+        let body_start = if rejects.needs_body(response.status()) {
+            // Bounded in size and time; what was read goes to the client.
+            let _ =
+                tokio::time::timeout(timeout, peek(response.body_mut(), PEEK_LIMIT, &mut prefix))
+                    .await;
+            let encoding = response.headers().get(http::header::CONTENT_ENCODING);
+            Some(joined(&prefix, encoding, PEEK_LIMIT))
+        } else {
+            None
+        };
+        let verdict =
+            rejects.classify(response.status(), response.headers(), body_start.as_deref());
+        let answer = Answer {
+            response,
+            prefix,
+            attempts: self.attempts,
+            fingerprint: candidate.chosen.fingerprint(),
+            lane,
+        };
+        Ok(Tried { answer, verdict })
+    }
+
+    /// Whether the verdict asks for another attempt. An accepted key that
+    /// was resting ends its rest.
+    fn wants_another(&self, candidate: &Candidate<'_>, verdict: &Verdict) -> bool {
+        match verdict {
+            Verdict::Accepted => {
+                if let Some(health) = candidate.health.filter(|_| candidate.was_rested)
+                    && health.accepted()
+                {
+                    tracing::info!(location = %candidate.location, fingerprint = candidate.chosen.fingerprint().map(tracing::field::display), "key accepted again: its rest is over");
+                }
+                false
+            }
+            Verdict::Rejected(_) => true,
+            Verdict::RateLimited(_) => self.keys.policy == Policy::Pool,
+        }
+    }
+
+    /// The token a token source carries first (`None` for other
+    /// credentials): at once in steady state.
+    async fn first_token(&self, candidate: &Candidate<'_>) -> Result<Option<Token>, TokenError> {
+        let Chosen::Token { cache, .. } = &candidate.chosen else {
+            return Ok(None);
+        };
+        match cache.token(self.token_wait()).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no access token; trying the next credential");
+                Err(e)
+            }
+        }
+    }
+
+    /// A token newer than the rejected `old`, if one arrives in time.
+    async fn fresh_token(&self, candidate: &Candidate<'_>, old: Option<&Token>) -> Option<Token> {
+        let (Chosen::Token { cache, .. }, Some(old)) = (&candidate.chosen, old) else {
+            return None;
+        };
+        match cache.refresh_after(old, self.token_wait()).await {
+            Ok(fresh) => Some(fresh),
+            Err(e) => {
+                tracing::warn!(error = %e, "no fresh token after a rejection");
+                None
+            }
+        }
+    }
+
+    fn token_wait(&self) -> Duration {
+        self.limits.request_timeout.min(TOKEN_WAIT)
+    }
+
+    /// Rests the rejected key so later requests avoid it, unless it is the
+    /// set's only key (there is nothing to avoid it for).
+    fn rest(&self, candidate: &Candidate<'_>, verdict: Verdict) {
+        if let Some(health) = candidate.health.filter(|_| self.keys.keys.len() > 1) {
+            health.rest(match verdict {
+                Verdict::RateLimited(after) => after.unwrap_or(self.limits.rate_limit_rest),
+                _ => self.limits.rest,
+            });
+        }
+    }
+
+    fn failover(&self, from: &Candidate<'_>, to: &Candidate<'_>, tried: &Tried) {
+        let verdict = tried.verdict;
+        self.route
+            .metrics
+            .failover(matches!(verdict, Verdict::RateLimited(_)));
+        tracing::warn!(
+            reason = verdict.reason(),
+            status = tried.answer.response.status().as_u16(),
+            detail = match verdict { Verdict::Rejected(d) => d, _ => "429" },
+            from = %from.location,
+            from_fingerprint = from.chosen.fingerprint().map(tracing::field::display),
+            to = %to.location,
+            to_fingerprint = to.chosen.fingerprint().map(tracing::field::display),
+            "credential failover"
+        );
+    }
+
+    /// Makes `body` replayable when a retry could follow.
+    fn keep_for_retry(&mut self, body: UpstreamBody, retry: bool) -> UpstreamBody {
+        let limit = self.limits.max_replay_body;
+        let (body, again) = match body {
+            _ if !retry => (body, Again::Never),
+            UpstreamBody::Buffered { bytes } => {
+                let bytes = bytes.unwrap_or_default();
+                (UpstreamBody::buffered(bytes.clone()), Again::Bytes(bytes))
+            }
+            UpstreamBody::Stream { body } => {
+                use http_body::Body as _;
+                if body.size_hint().lower() > limit {
+                    self.over_limit();
+                    (UpstreamBody::stream(body), Again::Never)
+                } else {
+                    let (replay, first): (Replay, ReplayBody) = Replay::new(body, limit);
+                    (UpstreamBody::replay(first), Again::Kept(replay))
+                }
+            }
+            other @ UpstreamBody::Replay { .. } => (other, Again::Never),
+        };
+        self.again = again;
+        body
+    }
+
+    /// Logs, once per route, that a body too large to keep was not retried.
+    fn over_limit(&self) {
+        if !self
+            .route
+            .metrics
+            .over_limit_logged
+            .swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                limit = self.limits.max_replay_body,
+                "a request body is larger than limits.max_replay_body: such requests go out with one key and are not retried with the fallback (logged once per route)"
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Exchange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("route", &self.route.name)
+            .field("host", &self.host)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the body is sent again.
+enum Again {
+    /// It cannot be: one attempt only.
+    Never,
+    /// Bytes in memory: every attempt sends a clone.
+    Bytes(Bytes),
+    /// The client's body, kept as it streams.
+    Kept(Replay),
+}
+
+impl Again {
+    fn next(&self) -> Option<UpstreamBody> {
+        match self {
+            Self::Never => None,
+            Self::Bytes(b) => Some(UpstreamBody::buffered(b.clone())),
+            Self::Kept(r) => r.again().map(UpstreamBody::replay),
+        }
+    }
+
+    fn possible(&self) -> bool {
+        match self {
+            Self::Never => false,
+            Self::Bytes(_) => true,
+            Self::Kept(r) => r.is_replayable(),
+        }
+    }
+}
