@@ -11,7 +11,8 @@ use crate::config::{Config, ConfigSource, Overrides};
 use crate::credentials::{KeySet, KeyValue, Policy};
 use crate::env::Env;
 use crate::files::Direct;
-use crate::reload::snapshot::{InboundToken, Inputs, Snapshot};
+use crate::reload::Inputs;
+use crate::reload::snapshot::{InboundToken, Snapshot};
 use crate::routes::{Route, Targets};
 
 /// Exit status: the config is invalid (`EX_USAGE`, as linkerd uses it).

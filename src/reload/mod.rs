@@ -10,8 +10,10 @@
 //! to reload (file events, SIGHUP, a periodic re-read) and runs reloads on a
 //! thread of their own, so a slow file system never stalls a request.
 
+mod build;
 pub(crate) mod diff;
 pub(crate) mod gate;
+mod registries;
 pub(crate) mod snapshot;
 pub(crate) mod watch;
 
@@ -26,8 +28,10 @@ use crate::config::{Config, ConfigError, ConfigSource, Overrides};
 use crate::env::Env;
 use crate::files::{FileError, Files};
 use crate::metrics::ReloadResult;
+pub(crate) use build::Inputs;
 use gate::{Gate, Journal};
-pub(crate) use snapshot::{Inputs, Registries, Snapshot};
+pub(crate) use registries::Registries;
+pub(crate) use snapshot::Snapshot;
 
 /// What started a reload (logged as `trigger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

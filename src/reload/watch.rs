@@ -28,7 +28,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::gate::Journal;
-use super::snapshot::watch_dirs;
 use super::{Outcome, Shared, Trigger};
 
 /// The longest a steady stream of events can postpone a reload, in debounces.
@@ -246,5 +245,52 @@ impl Dirs {
             }
         }
         self.watched = wanted;
+    }
+}
+
+/// The directories to watch for `files`: each file's parent, or, when that
+/// does not exist yet, its nearest existing ancestor (so the directory's
+/// creation is seen). Symlinks are not resolved: the kubelet swaps the
+/// `..data` link inside the mounted directory, which is where events arrive.
+pub(crate) fn watch_dirs(files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        // `sidekey.toml` (no directory part) lives in the working directory.
+        .map(|f| {
+            f.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        })
+        .filter_map(|dir| dir.ancestors().find(|a| a.is_dir()).map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_dirs_are_parents_or_their_nearest_existing_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir_all(base.join("secrets/openai")).unwrap();
+        let files = [
+            PathBuf::from("sidekey.toml"),
+            base.join("secrets/openai/key"),
+            base.join("secrets/openai/fallback"),
+            base.join("secrets/not-yet/key"),
+        ];
+        let dirs = watch_dirs(&files);
+        assert_eq!(
+            dirs,
+            [
+                base.join("secrets"),
+                base.join("secrets/openai"),
+                PathBuf::from(".")
+            ]
+        );
     }
 }

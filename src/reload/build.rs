@@ -1,0 +1,316 @@
+//! Building a [`Snapshot`]: every credential read, every route prepared.
+//!
+//! design.md, "Hot reload": building reads files (credentials, CA bundles)
+//! through the reload's [`Files`] reader and never touches the network. A
+//! credential that cannot be read now but served a value in the previous
+//! snapshot keeps that value and is reported [`Stale`]: one bad file never
+//! blocks the rest of a change, and never takes a working key away. New
+//! content still being written keeps the previous value silently. The
+//! inbound token is the exception: a deleted or empty token file revokes it
+//! (fail closed).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::Registries;
+use super::snapshot::{InboundToken, Problem, Snapshot, Stale};
+use crate::config::{Config, RouteConfig};
+use crate::credentials::resolve::Reader;
+use crate::credentials::{HealthScope, KeySet, KeySpec, KeyValue, Location, Minting, Secret};
+use crate::env::Env;
+use crate::files::Files;
+use crate::providers::Family;
+use crate::providers::vertex::{DEFAULT_LOCATION, VertexTarget};
+use crate::routes::{Route, RouteTable, Target, Targets};
+use crate::upstream::Client;
+use crate::upstream::tls::TlsError;
+
+/// A snapshot could not be built (a CA file is bad). Credential problems are
+/// not errors: they are [`Problem`]s, and the route answers 503.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    #[error("route {route}: {source}")]
+    Tls {
+        route: String,
+        #[source]
+        source: TlsError,
+    },
+}
+
+/// What a snapshot is built from besides its config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inputs<'a> {
+    pub(crate) env: &'a dyn Env,
+    pub(crate) files: &'a dyn Files,
+    pub(crate) reg: &'a Registries,
+    /// The snapshot serving now: credentials that cannot be read keep
+    /// their value from it.
+    pub(crate) prev: Option<&'a Snapshot>,
+}
+
+impl Inputs<'_> {
+    fn reader(&self) -> Reader<'_> {
+        Reader {
+            env: self.env,
+            files: self.files,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Reads every credential `config` names and builds the route table.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] when a route's TLS settings cannot be loaded.
+    pub(crate) fn build(config: Config, inputs: &Inputs<'_>) -> Result<Self, BuildError> {
+        let mut cx = Cx {
+            inputs,
+            problems: Vec::new(),
+            stale: Vec::new(),
+            now: Instant::now(),
+        };
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for rc in &config.routes {
+            routes.push(cx.route(rc, &config)?);
+        }
+        let inbound_token = config
+            .inbound_token
+            .as_ref()
+            .map(|loc| cx.inbound_token(loc));
+        let mut snap = Self {
+            routes: RouteTable::new(routes),
+            inbound_token,
+            problems: cx.problems,
+            stale: cx.stale,
+            config,
+            digest: [0; 32],
+        };
+        snap.digest = snap.compute_digest();
+        Ok(snap)
+    }
+}
+
+/// The state of one snapshot build.
+struct Cx<'a> {
+    inputs: &'a Inputs<'a>,
+    problems: Vec<Problem>,
+    stale: Vec<Stale>,
+    now: Instant,
+}
+
+impl Cx<'_> {
+    fn route(&mut self, rc: &RouteConfig, config: &Config) -> Result<Route, BuildError> {
+        let reg = self.inputs.reg;
+        let cas: Vec<_> = config.ca_file.iter().chain(rc.ca_file.iter()).collect();
+        let client = reg
+            .clients
+            .get(
+                &cas,
+                config.limits.connect_timeout,
+                config.limits.upstream_streams_per_connection,
+            )
+            .map_err(|source| BuildError::Tls {
+                route: rc.name.clone(),
+                source,
+            })?;
+        let prefix = rc.spec.auth.prefix();
+        let targets = match rc.spec.family {
+            Family::ApiKey => match &rc.upstream {
+                Some(upstream) => Targets::One(Target {
+                    upstream: upstream.clone(),
+                    keys: self.keys(rc, "key", &rc.key, prefix),
+                }),
+                // Config validation requires an upstream for this family.
+                None => Targets::Unsupported("no upstream configured"),
+            },
+            Family::Azure => {
+                let mut deployments = HashMap::with_capacity(rc.deployments.len());
+                for d in &rc.deployments {
+                    let label = format!("deployments.{}.key", d.name);
+                    let keys = self.keys(rc, &label, &d.key, prefix);
+                    deployments.insert(
+                        Box::from(d.name.as_str()),
+                        Target {
+                            upstream: d.endpoint.clone(),
+                            keys,
+                        },
+                    );
+                }
+                let default = rc.upstream.as_ref().map(|upstream| Target {
+                    upstream: upstream.clone(),
+                    keys: self.keys(rc, "key", &rc.key, prefix),
+                });
+                Targets::Azure {
+                    deployments,
+                    default,
+                }
+            }
+            Family::Vertex => Targets::Vertex(self.vertex(rc, &client)),
+            Family::Aws => Targets::Unsupported("AWS SigV4 signing is not implemented yet"),
+        };
+        let headers = rc
+            .headers
+            .iter()
+            .map(|(name, spec)| {
+                (
+                    name.clone(),
+                    self.keys(rc, &format!("headers.{name}"), spec, ""),
+                )
+            })
+            .collect();
+        Ok(Route {
+            name: Arc::from(rc.name.as_str()),
+            spec: rc.spec,
+            targets,
+            headers,
+            models: rc
+                .models
+                .as_ref()
+                .map(|m| m.iter().map(|s| Box::from(s.as_str())).collect()),
+            client,
+            metrics: reg.metrics.route(&rc.name),
+        })
+    }
+
+    /// Reads one credential setting, keeps last good values, and records
+    /// what could not be read.
+    fn keys(&mut self, rc: &RouteConfig, label: &str, spec: &KeySpec, prefix: &str) -> KeySet {
+        let scope = HealthScope {
+            registry: &self.inputs.reg.health,
+            route: &rc.name,
+            label,
+        };
+        let mut set = KeySet::resolve(spec, prefix, self.inputs.reader(), &scope);
+        self.keep_last_good(rc, label, &mut set);
+        set
+    }
+
+    /// Each key of `set` that cannot be read now keeps the value it had in
+    /// the previous snapshot (same route, setting and position), if it had
+    /// one; the rest are [`Problem`]s.
+    fn keep_last_good(&mut self, rc: &RouteConfig, label: &str, set: &mut KeySet) {
+        let prev = self
+            .inputs
+            .prev
+            .and_then(|p| Some((p, p.routes.get(&rc.name)?)))
+            .and_then(|(p, route)| Some((p, route.key_set(label)?)));
+        for (index, key) in set.keys.iter_mut().enumerate() {
+            let KeyValue::Missing(why) = &key.value else {
+                continue;
+            };
+            let Some((snap, prev_key)) = prev.and_then(|(p, s)| Some((p, s.keys.get(index)?)))
+            else {
+                continue;
+            };
+            let Some(fingerprint) = prev_key.value.fingerprint() else {
+                continue;
+            };
+            // Content still being written is pending, not stale: it keeps
+            // the previous value silently until the writer is done.
+            if why.held {
+                tracing::debug!(route = %rc.name, location = %key.location, "new content held: the file is being written");
+                key.value = prev_key.value.clone();
+                continue;
+            }
+            let mut stale = Stale {
+                route: rc.name.clone(),
+                label: label.to_owned(),
+                index,
+                location: key.location.to_string(),
+                reason: why.reason.clone(),
+                fingerprint,
+                since: self.now,
+            };
+            stale.since = snap
+                .stale
+                .iter()
+                .find(|s| s.same_credential(&stale))
+                .map_or(self.now, |s| s.since);
+            self.stale.push(stale);
+            key.value = prev_key.value.clone();
+        }
+        note_missing(&mut self.problems, rc, label, set);
+    }
+
+    fn vertex(&mut self, rc: &RouteConfig, client: &Client) -> VertexTarget {
+        let reg = self.inputs.reg;
+        let settings = rc
+            .vertex
+            .clone()
+            .unwrap_or_else(|| crate::config::VertexConfig {
+                credentials: KeySpec::single(Location::None),
+                project: None,
+                location: None,
+            });
+        let label = "credentials";
+        let scope = HealthScope {
+            registry: &reg.health,
+            route: &rc.name,
+            label,
+        };
+        let metrics = reg.metrics.route(&rc.name);
+        let minting = Minting {
+            registry: &reg.tokens,
+            client,
+            metrics: &metrics,
+        };
+        let mut keys =
+            KeySet::resolve_tokens(&settings.credentials, self.inputs.reader(), &scope, minting);
+        self.keep_last_good(rc, label, &mut keys);
+        // The project defaults to the first service account's.
+        let project = settings.project.or_else(|| {
+            keys.keys.iter().find_map(|k| match &k.value {
+                KeyValue::Token { cache, .. } => cache.source().project_id().map(str::to_owned),
+                _ => None,
+            })
+        });
+        VertexTarget {
+            keys,
+            project,
+            location: settings
+                .location
+                .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
+            upstream: rc.upstream.clone(),
+        }
+    }
+
+    /// The inbound token fails closed: a token file that is missing, empty
+    /// or unreadable revokes the token (requests get 401). Only new content
+    /// held while it is being written keeps the previous token meanwhile.
+    fn inbound_token(&mut self, loc: &Location) -> InboundToken {
+        let why = match self.inputs.reader().read(loc) {
+            Ok(s) => return InboundToken::Ready(s),
+            Err(why) => why,
+        };
+        if why.held
+            && let Some(prev) = self.inputs.prev
+            && let Some(InboundToken::Ready(secret)) = &prev.inbound_token
+            && let Ok(copy) = Secret::new(secret.expose().to_vec())
+        {
+            return InboundToken::Ready(copy);
+        }
+        self.problems.push(Problem {
+            key: "inbound_token".to_owned(),
+            fatal: true,
+            required: true,
+            reasons: vec![why.clone()],
+        });
+        InboundToken::Missing(why)
+    }
+}
+
+/// Records the keys of `set` that could not be read.
+fn note_missing(problems: &mut Vec<Problem>, rc: &RouteConfig, label: &str, set: &KeySet) {
+    let reasons: Vec<_> = set.missing().cloned().collect();
+    if !reasons.is_empty() {
+        problems.push(Problem {
+            key: format!("routes.{}.{label}", rc.name),
+            fatal: set.all_missing(),
+            required: rc.required,
+            reasons,
+        });
+    }
+}
