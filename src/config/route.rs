@@ -20,8 +20,8 @@ use super::cx::Cx;
 use super::error::ConfigError;
 use super::raw::{ProviderTypeToml, RouteToml};
 use crate::credentials::{KeySpec, Location};
+use crate::headers;
 use crate::providers::{Family, ProviderType, Spec};
-use crate::proxy::strip as headers;
 use crate::routes::UpstreamBase;
 
 /// One Azure deployment: its own endpoint and key.
