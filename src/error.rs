@@ -151,76 +151,79 @@ impl ProxyError {
 mod tests {
     use super::*;
 
+    /// One row per variant: a sample value, the status and the code. The
+    /// macro writes an exhaustive `match` from the same rows, so a variant
+    /// added without a row does not compile, and a row's sample must be of
+    /// that row's variant (checked below).
+    macro_rules! table {
+        ($($variant:ident: $sample:expr => $status:literal, $code:literal;)*) => {
+            /// The row a value's variant belongs to: (variant, status, code).
+            fn row(e: &ProxyError) -> (&'static str, u16, &'static str) {
+                match e {
+                    $(ProxyError::$variant { .. } => (stringify!($variant), $status, $code),)*
+                }
+            }
+
+            /// One sample per row, with the row's variant name.
+            fn samples() -> Vec<(&'static str, ProxyError)> {
+                vec![$((stringify!($variant), $sample)),*]
+            }
+        };
+    }
+
+    fn r() -> String {
+        "r".to_owned()
+    }
+
+    table! {
+        NoRoute: ProxyError::NoRoute { routes: r() } => 404, "unknown_route";
+        UnknownRoute: ProxyError::UnknownRoute { route: r(), routes: r() } => 404, "unknown_route";
+        AbsoluteForm: ProxyError::AbsoluteForm => 400, "absolute_form_refused";
+        Connect: ProxyError::Connect => 405, "connect_refused";
+        Upgrade: ProxyError::Upgrade => 501, "upgrade_not_supported";
+        DotSegment: ProxyError::DotSegment => 400, "bad_path";
+        Unauthorized: ProxyError::Unauthorized => 401, "unauthorized";
+        InboundTokenUnavailable: ProxyError::InboundTokenUnavailable
+            => 401, "inbound_token_unavailable";
+        ModelNotAllowed: ProxyError::ModelNotAllowed { route: r(), model: r() }
+            => 403, "model_not_allowed";
+        BodyTooLarge: ProxyError::BodyTooLarge { route: r(), limit: 1 } => 413, "body_too_large";
+        RequestBody: ProxyError::RequestBody { route: r(), reason: r() } => 400, "bad_request_body";
+        NoModel: ProxyError::NoModel { route: r() } => 400, "model_missing";
+        CredentialUnavailable: ProxyError::CredentialUnavailable {
+            route: r(),
+            source: NoCredential(vec![]),
+        } => 503, "credential_unavailable";
+        UnknownDeployment: ProxyError::UnknownDeployment { route: r(), deployment: r(), known: r() }
+            => 404, "unknown_deployment";
+        NoDeployment: ProxyError::NoDeployment { route: r() } => 404, "unknown_deployment";
+        UpstreamUnreachable: ProxyError::UpstreamUnreachable {
+            route: r(),
+            upstream: r(),
+            reason: r(),
+        } => 502, "upstream_unreachable";
+        UpstreamTimeout: ProxyError::UpstreamTimeout {
+            route: r(),
+            upstream: r(),
+            after: Duration::from_secs(1),
+        } => 504, "upstream_timeout";
+        NotImplemented: ProxyError::NotImplemented { route: r(), ty: "bedrock", reason: "x" }
+            => 501, "not_implemented";
+        BadVertexPath: ProxyError::BadVertexPath { route: r(), message: r() }
+            => 400, "bad_vertex_path";
+        Internal: ProxyError::Internal(r()) => 500, "internal_error";
+    }
+
     #[test]
     fn status_and_code_table() {
-        let r = || "r".to_owned();
-        let cases: Vec<(ProxyError, u16, &str)> = vec![
-            (
-                ProxyError::UnknownRoute {
-                    route: r(),
-                    routes: r(),
-                },
-                404,
-                "unknown_route",
-            ),
-            (
-                ProxyError::ModelNotAllowed {
-                    route: r(),
-                    model: r(),
-                },
-                403,
-                "model_not_allowed",
-            ),
-            (
-                ProxyError::CredentialUnavailable {
-                    route: r(),
-                    source: NoCredential(vec![]),
-                },
-                503,
-                "credential_unavailable",
-            ),
-            (
-                ProxyError::UpstreamUnreachable {
-                    route: r(),
-                    upstream: r(),
-                    reason: r(),
-                },
-                502,
-                "upstream_unreachable",
-            ),
-            (
-                ProxyError::UpstreamTimeout {
-                    route: r(),
-                    upstream: r(),
-                    after: Duration::from_secs(1),
-                },
-                504,
-                "upstream_timeout",
-            ),
-            (
-                ProxyError::NotImplemented {
-                    route: r(),
-                    ty: "bedrock",
-                    reason: "x",
-                },
-                501,
-                "not_implemented",
-            ),
-            (ProxyError::Unauthorized, 401, "unauthorized"),
-            (ProxyError::Connect, 405, "connect_refused"),
-            (ProxyError::AbsoluteForm, 400, "absolute_form_refused"),
-            (ProxyError::DotSegment, 400, "bad_path"),
-            (
-                ProxyError::RequestBody {
-                    route: r(),
-                    reason: r(),
-                },
-                400,
-                "bad_request_body",
-            ),
-            (ProxyError::Internal(r()), 500, "internal_error"),
-        ];
-        for (err, status, code) in cases {
+        let samples = samples();
+        let mut seen: Vec<&str> = samples.iter().map(|(name, _)| *name).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), samples.len(), "a variant has two rows");
+        for (name, err) in samples {
+            let (variant, status, code) = row(&err);
+            assert_eq!(variant, name, "the sample of row {name} is a {variant}");
             assert_eq!(
                 err.status_and_code(),
                 (StatusCode::from_u16(status).unwrap(), code),
@@ -230,6 +233,9 @@ mod tests {
             assert_eq!(body["error"]["code"], code);
             assert_eq!(body["error"]["type"], "sidekey_error");
             assert_eq!(body["error"]["message"], err.to_string());
+            let resp: Response<Bytes> = err.into_response();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         }
     }
 }

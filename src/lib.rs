@@ -28,6 +28,8 @@
 //! - `env`: environment lookup passed in (tests use a map, not `set_var`).
 //! - `files`: bounded reads of configured files (regular files only,
 //!   size caps, never blocking on a FIFO).
+//! - `headers`: names of the headers sidekey treats specially (credentials,
+//!   hop-by-hop, managed), shared by `proxy` and `config`.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
 //! - `error`: sidekey's own errors and the one envelope builder.
 //! - [`check`], [`cli`], [`shutdown`], [`telemetry`]: the binary's pieces.
@@ -47,6 +49,7 @@ mod credentials;
 pub mod env;
 mod error;
 mod files;
+mod headers;
 mod metrics;
 mod providers;
 mod proxy;

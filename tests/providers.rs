@@ -2,7 +2,9 @@
 //! credential goes, and the default credential location. The built-in config
 //! (one route per type) is the oracle for upstreams, as `sidekey check`
 //! shows it; injection is checked against a mock provider for every
-//! key-based type.
+//! key-based type. The table must have exactly one row per provider type
+//! sidekey knows (the list its config errors give), so a new type without a
+//! row fails here.
 
 #![allow(
     clippy::unwrap_used,
@@ -17,8 +19,8 @@ mod common;
 use common::client;
 use common::mock::{Mock, Reply, Transport};
 use common::process::command;
-use common::sidekey::start_in;
-use sidekey::MapEnv;
+use common::sidekey::{start_in, with_ephemeral_ports};
+use sidekey::{ConfigSource, MapEnv, Options, Overrides, Server};
 
 struct Row {
     ty: &'static str,
@@ -121,6 +123,55 @@ const TABLE: &[Row] = &[
     row("vllm", None, BEARER, None),
     row("xai", Some("https://api.x.ai"), BEARER, Some("XAI_API_KEY")),
 ];
+
+/// Every provider type sidekey knows, as a config naming an unknown type
+/// lists them: "unknown provider type `...`; expected one of a, b, c".
+async fn known_types() -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidekey.toml");
+    let toml = with_ephemeral_ports("[routes.x]\ntype = \"no-such-type\"\n");
+    std::fs::write(&path, toml).unwrap();
+    let started = Server::start(Options {
+        config: ConfigSource::File(path),
+        env: std::sync::Arc::new(MapEnv::default()),
+        overrides: Overrides::default(),
+    })
+    .await;
+    let Err(e) = started else {
+        panic!("a config with an unknown provider type was accepted");
+    };
+    let message = e.to_string();
+    let (_, list) = message
+        .split_once("expected one of ")
+        .unwrap_or_else(|| panic!("no list of types in: {message}"));
+    list.split(',').map(|t| t.trim().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn every_provider_type_has_exactly_one_row() {
+    let known = known_types().await;
+    let rows: Vec<&str> = TABLE.iter().map(|r| r.ty).collect();
+    let missing: Vec<&String> = known
+        .iter()
+        .filter(|t| !rows.contains(&t.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "provider types without a row in TABLE: {missing:?}"
+    );
+    let unknown: Vec<&&str> = rows
+        .iter()
+        .filter(|r| !known.iter().any(|t| t == **r))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "rows for types sidekey does not know: {unknown:?} (known: {known:?})"
+    );
+    let mut unique = rows.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), rows.len(), "a type has two rows");
+}
 
 #[tokio::test]
 async fn builtin_routes_use_the_default_upstreams_and_credentials() {

@@ -6,50 +6,15 @@
 //! hop-by-hop headers of RFC 9110 §7.6.1 plus those named in `Connection`, and
 //! `Host` (the client derives it from the upstream URI).
 //!
-//! One pass over the headers actually present classifies each name with a
-//! `match` (no hashing, no allocation unless something is found); only the
-//! names found are then removed. Removing a fixed list by name would hash
+//! Which names are which is [`crate::headers`]' list; this module does the
+//! removing. One pass over the headers actually present classifies each name
+//! with a `match` (no hashing, no allocation unless something is found); only
+//! the names found are then removed. Removing a fixed list by name would hash
 //! ~30 names per request, almost all absent.
 
 use http::header::{self, HeaderMap, HeaderName};
 
-use crate::credentials::DYNAMIC_HEADER_PREFIX;
-
-/// What sidekey does with a header of this name.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    /// A client's own credential: removed from requests.
-    Credential,
-    /// Hop-by-hop (RFC 9110 §7.6.1, plus the de-facto `Keep-Alive` and
-    /// `Proxy-Connection`): removed from requests and responses.
-    HopByHop,
-    /// Set by the upstream client from the target (`Host`), or already
-    /// answered by the inbound server (`Expect: 100-continue`).
-    Managed,
-    /// Forwarded as is.
-    Keep,
-}
-
-/// The single list of names sidekey treats specially. Names are lowercase
-/// (`HeaderName` always is).
-fn kind(name: &HeaderName) -> Kind {
-    match name.as_str() {
-        "authorization"
-        | "proxy-authorization"
-        | "x-api-key"
-        | "api-key"
-        | "x-goog-api-key"
-        | "x-amz-date"
-        | "x-amz-security-token"
-        | "x-amz-content-sha256"
-        | "x-sidekey-token" => Kind::Credential,
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer"
-        | "transfer-encoding" | "upgrade" | "proxy-authenticate" => Kind::HopByHop,
-        "host" | "expect" => Kind::Managed,
-        n if n.starts_with(DYNAMIC_HEADER_PREFIX) => Kind::Credential,
-        _ => Kind::Keep,
-    }
-}
+use crate::headers::{Kind, kind};
 
 /// Removes client credentials, hop-by-hop headers, `Host` and `Expect` from a
 /// request on its way upstream.
@@ -98,14 +63,6 @@ fn connection_named(headers: &HeaderMap, found: &mut Vec<HeaderName>) {
             }
         }
     }
-}
-
-/// Whether a route may not set `name` through `headers = { ... }`: sidekey
-/// manages it (framing, hop-by-hop, its own control headers).
-pub(crate) fn is_reserved(name: &HeaderName) -> bool {
-    matches!(kind(name), Kind::HopByHop | Kind::Managed)
-        || *name == header::CONTENT_LENGTH
-        || name.as_str().starts_with("x-sidekey-")
 }
 
 #[cfg(test)]
@@ -177,19 +134,5 @@ mod tests {
             names(&h),
             ["content-type", "www-authenticate", "x-request-id"]
         );
-    }
-
-    #[test]
-    fn reserved_names() {
-        for n in [
-            "host",
-            "connection",
-            "transfer-encoding",
-            "content-length",
-            "x-sidekey-anything",
-        ] {
-            assert!(is_reserved(&HeaderName::from_static(n)), "{n}");
-        }
-        assert!(!is_reserved(&HeaderName::from_static("x-auth-token")));
     }
 }

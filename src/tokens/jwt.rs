@@ -232,19 +232,11 @@ impl Mint for ServiceAccount {
 mod tests {
     use super::*;
 
-    /// A 2048-bit test key (generated for this test only, never used anywhere).
+    /// A 2048-bit test key, generated in-process for this test only.
     fn test_key_pem() -> String {
-        let out = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .expect("openssl is needed to generate a test RSA key");
-        String::from_utf8(out.stdout).unwrap()
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaKeyPair, UnparsedPublicKey};
+use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+use rsa::rand_core::OsRng;
 use rustls::pki_types::pem::PemObject;
 use tokio::time::Instant;
 
@@ -32,20 +34,14 @@ pub struct Account {
 }
 
 impl Account {
-    /// Generates a 2048-bit key with the openssl command-line tool.
+    /// Generates a 2048-bit key in-process (ring cannot generate RSA keys,
+    /// RustCrypto's `rsa` can), as PKCS#8 PEM like Google's key files. Each
+    /// account gets its own key, so a test that rotates accounts also
+    /// rotates keys.
     pub fn generate(email: &str, project: &str) -> Self {
-        let out = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .expect("the Vertex tests need the openssl command to generate an RSA key");
-        assert!(out.status.success(), "openssl genpkey failed");
-        let pem = String::from_utf8(out.stdout).unwrap();
+        let key = rsa::RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
+        let pem: String = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        // The key must be one ring, which signs in sidekey, accepts.
         let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).unwrap();
         let key = RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).unwrap();
         Self {

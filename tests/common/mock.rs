@@ -2,9 +2,18 @@
 //! records every request it receives and answers with a scripted [`Reply`].
 //! Streaming replies send their chunks with a pause between them and record
 //! when each chunk was handed to the socket.
+//!
+//! A panic inside a mock (its handler, or the mock's own connection and
+//! streaming tasks) is recorded and re-raised in the test: by
+//! [`Mock::join`], or when the [`Mock`] is dropped. Without that, a handler's
+//! failed assertion would only cost a 500 (or a reset connection) that the
+//! test might never look at. A handler that panics answers 500, so the
+//! request does not hang.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +96,43 @@ impl Reply {
 
 type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 
+/// Panic messages from inside a mock, in the order they happened.
+type Panics = Arc<Mutex<Vec<String>>>;
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".to_owned())
+}
+
+/// Runs the test's handler; a panic is recorded and answered with a 500.
+fn call(handler: &Handler, rec: &Recorded, panics: &Panics) -> Reply {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler(rec))) {
+        Ok(reply) => reply,
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            panics.lock().unwrap().push(message);
+            Reply::json(500, r#"{"error":"the mock's handler panicked"}"#)
+        }
+    }
+}
+
+/// Spawns `task`; if it panics, the panic is recorded in `panics`.
+fn spawn_watched(panics: &Panics, task: impl Future<Output = ()> + Send + 'static) {
+    let handle = tokio::spawn(task);
+    let panics = panics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = handle.await
+            && e.is_panic()
+        {
+            let message = panic_message(e.into_panic().as_ref());
+            panics.lock().unwrap().push(message);
+        }
+    });
+}
+
 fn is_error(reply: &Reply) -> bool {
     match reply {
         Reply::Full { status, .. } | Reply::Stream { status, .. } => *status >= 400,
@@ -103,12 +149,20 @@ pub struct Mock {
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// When each streamed chunk was handed over, per request, in order.
     sent: Arc<Mutex<Vec<Vec<Instant>>>>,
+    /// Panics inside the mock, re-raised by [`Mock::join`] or on drop.
+    panics: Panics,
+    /// The accept loop.
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Mock {
     fn drop(&mut self) {
         self.task.abort();
+        // Panicking while a test already panics would abort the process and
+        // hide the first failure.
+        if !std::thread::panicking() {
+            self.raise_panics();
+        }
     }
 }
 
@@ -165,23 +219,31 @@ impl Mock {
         };
         let requests = Arc::new(Mutex::new(Vec::new()));
         let sent = Arc::new(Mutex::new(Vec::new()));
+        let panics: Panics = Arc::default();
         let handler: Handler = Arc::new(handler);
-        let (reqs, sent2) = (requests.clone(), sent.clone());
+        let (reqs, sent2, panics2) = (requests.clone(), sent.clone(), panics.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 stream.set_nodelay(true).unwrap();
-                let (handler, reqs, sent, acceptor) = (
+                let (handler, reqs, sent, acceptor, panics) = (
                     handler.clone(),
                     reqs.clone(),
                     sent2.clone(),
                     acceptor.clone(),
+                    panics2.clone(),
                 );
-                tokio::spawn(async move {
+                spawn_watched(&panics2, async move {
                     let svc = service_fn(move |req| {
-                        serve(req, early, handler.clone(), reqs.clone(), sent.clone())
+                        let mock = Shared {
+                            handler: handler.clone(),
+                            reqs: reqs.clone(),
+                            sent: sent.clone(),
+                            panics: panics.clone(),
+                        };
+                        serve(req, early, mock)
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     if let Some(n) = max_streams {
@@ -206,7 +268,35 @@ impl Mock {
             url: format!("{scheme}://{addr}"),
             requests,
             sent,
+            panics,
             task,
+        }
+    }
+
+    /// Stops the mock and fails the test if anything panicked inside it
+    /// (linkerd2-proxy's `Listening::join`). Dropping the mock checks the
+    /// same; `join` says where in the test the check happens.
+    pub async fn join(mut self) {
+        self.task.abort();
+        let accept_loop = (&mut self.task).await;
+        if let Err(e) = accept_loop
+            && e.is_panic()
+        {
+            let message = panic_message(e.into_panic().as_ref());
+            self.panics.lock().unwrap().push(message);
+        }
+        self.raise_panics();
+    }
+
+    /// Panics with the first panic recorded inside the mock, if any.
+    fn raise_panics(&self) {
+        let panics = std::mem::take(&mut *self.panics.lock().unwrap());
+        if let Some(first) = panics.first() {
+            panic!(
+                "mock handler panicked ({} panic(s) in the mock at {}): {first}",
+                panics.len(),
+                self.url
+            );
         }
     }
 
@@ -233,13 +323,25 @@ impl Mock {
 
 type MockBody = Either<Full<Bytes>, Channel<Bytes, Infallible>>;
 
-async fn serve(
-    req: Request<Incoming>,
-    early: bool,
+/// What every request of one mock shares.
+struct Shared {
     handler: Handler,
     reqs: Arc<Mutex<Vec<Recorded>>>,
     sent: Arc<Mutex<Vec<Vec<Instant>>>>,
+    panics: Panics,
+}
+
+async fn serve(
+    req: Request<Incoming>,
+    early: bool,
+    mock: Shared,
 ) -> Result<Response<MockBody>, Infallible> {
+    let Shared {
+        handler,
+        reqs,
+        sent,
+        panics,
+    } = mock;
     let (parts, body) = req.into_parts();
     let mut rec = Recorded {
         method: parts.method,
@@ -251,7 +353,7 @@ async fn serve(
     // Early mode answers an error from the head alone, without reading the
     // body; anything else (and every answer otherwise) reads the body first.
     let early_reply = if early {
-        Some(handler(&rec)).filter(is_error)
+        Some(call(&handler, &rec, &panics)).filter(is_error)
     } else {
         None
     };
@@ -268,7 +370,7 @@ async fn serve(
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
             reqs.lock().unwrap().push(rec.clone());
-            handler(&rec)
+            call(&handler, &rec, &panics)
         }
     };
     let build = |status: u16, headers: &[(String, String)], body: MockBody| {
@@ -305,7 +407,7 @@ async fn serve(
                 s.push(Vec::new());
                 s.len() - 1
             };
-            tokio::spawn(async move {
+            spawn_watched(&panics, async move {
                 for (i, chunk) in chunks.into_iter().enumerate() {
                     if i > 0 {
                         tokio::time::sleep(gap).await;

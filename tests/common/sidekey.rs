@@ -1,9 +1,16 @@
 //! sidekey in-process: write a config file, start the server on ephemeral
 //! ports, stop it with a future (the same path SIGTERM takes).
+//!
+//! A panic in the server task fails the test: [`Running::stop`] and the
+//! handle of [`Running::begin_shutdown`] return it, and dropping a
+//! [`Running`] whose server task ended in a panic re-raises it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use sidekey::{ConfigSource, MapEnv, Options, Server};
 use tokio::sync::oneshot;
@@ -43,8 +50,20 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
+        let Some(task) = &mut self.task else { return };
+        if !task.is_finished() {
             task.abort();
+            return;
+        }
+        // Finished before it was told to stop: collect how (the result is
+        // ready, so one poll gets it). Not while the test already panics,
+        // which would abort the process and hide the first failure.
+        let ended = Pin::new(task).poll(&mut Context::from_waker(Waker::noop()));
+        if let Poll::Ready(Err(e)) = ended
+            && e.is_panic()
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 }

@@ -1,0 +1,440 @@
+//! Routes: `[routes.NAME]` and `[provider_types.TYPE.defaults]` validated
+//! into [`RouteConfig`]s.
+//!
+//! design.md, "Configuration" and "Provider types". A route is checked in
+//! named steps, in this order (the first problem is the one reported): its
+//! name, its type, keys that only some families take, the upstream, the
+//! credential (`key`, or the type's default), Azure deployments, Vertex
+//! settings, extra credential headers and the model allowlist. AWS routes
+//! only carry their `region` through. What each family does with its
+//! settings at request time is `providers`' business.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use http::HeaderName;
+use toml::Spanned;
+
+use super::cx::Cx;
+use super::error::ConfigError;
+use super::raw::{ProviderTypeToml, RouteToml};
+use crate::credentials::{KeySpec, Location};
+use crate::headers;
+use crate::providers::{Family, ProviderType, Spec};
+use crate::routes::UpstreamBase;
+
+/// One Azure deployment: its own endpoint and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeploymentConfig {
+    pub(crate) name: String,
+    pub(crate) endpoint: UpstreamBase,
+    pub(crate) key: KeySpec,
+}
+
+/// Vertex settings (`credentials`, `project`, `location`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VertexConfig {
+    pub(crate) credentials: KeySpec,
+    pub(crate) project: Option<String>,
+    pub(crate) location: Option<String>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RouteConfig {
+    /// The first path segment that selects this route.
+    pub(crate) name: String,
+    pub(crate) spec: &'static Spec,
+    /// The upstream base; `None` only for azure (deployments carry their own)
+    /// and for vertex/AWS routes, whose hosts derive from other settings.
+    pub(crate) upstream: Option<UpstreamBase>,
+    pub(crate) key: KeySpec,
+    /// Extra credential headers, each read from a location.
+    pub(crate) headers: Vec<(HeaderName, KeySpec)>,
+    pub(crate) models: Option<Vec<String>>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) deployments: Vec<DeploymentConfig>,
+    pub(crate) vertex: Option<VertexConfig>,
+    pub(crate) region: Option<String>,
+    /// Whether a missing credential makes `/readyz` fail. False for the
+    /// built-in default's routes, which exist for convenience.
+    pub(crate) required: bool,
+}
+
+/// The credential each provider type uses when a route names none, from
+/// `[provider_types.TYPE.defaults]`.
+pub(super) type TypeDefaults = BTreeMap<ProviderType, KeySpec>;
+
+// === impl Cx: provider types and routes ===
+
+impl Cx<'_> {
+    /// `[provider_types.TYPE.defaults]`: `key`, or `credentials` for vertex.
+    pub(super) fn type_defaults(
+        &self,
+        raw: &BTreeMap<String, Spanned<ProviderTypeToml>>,
+    ) -> Result<TypeDefaults, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, v) in raw {
+            let key = format!("provider_types.{name}");
+            let ty = self.provider_type(name, v, &key)?;
+            let d = &v.get_ref().defaults;
+            let (field, setting) = match (ty.spec().family, &d.key, &d.credentials) {
+                (Family::Vertex, None, Some(c)) => ("credentials", c),
+                (Family::Vertex, Some(k), _) => {
+                    return Err(self.at(
+                        k,
+                        &format!("{key}.defaults.key"),
+                        "vertex takes `credentials`, not `key`",
+                    ));
+                }
+                (_, Some(k), None) => ("key", k),
+                (_, _, Some(c)) => {
+                    return Err(self.at(
+                        c,
+                        &format!("{key}.defaults.credentials"),
+                        "only vertex takes `credentials`; use `key`",
+                    ));
+                }
+                (_, None, None) => continue,
+            };
+            let spec = self.key_spec(
+                setting,
+                &format!("{key}.defaults.{field}"),
+                ty.spec().family == Family::Vertex,
+            )?;
+            out.insert(ty, spec);
+        }
+        Ok(out)
+    }
+
+    /// A provider type name, at the value `span` of `key`.
+    fn provider_type<T>(
+        &self,
+        name: &str,
+        span: &Spanned<T>,
+        key: &str,
+    ) -> Result<ProviderType, ConfigError> {
+        name.parse().map_err(|()| {
+            self.at(
+                span,
+                key,
+                format!(
+                    "unknown provider type `{name}`; expected one of {}",
+                    crate::providers::type_names()
+                ),
+            )
+        })
+    }
+
+    /// `[routes.NAME]`, step by step (see the module docs).
+    pub(super) fn route(
+        &self,
+        name: &str,
+        v: &Spanned<RouteToml>,
+        type_defaults: &TypeDefaults,
+        required: bool,
+    ) -> Result<RouteConfig, ConfigError> {
+        self.route_name(name, v)?;
+        let r = v.get_ref();
+        let ty = self.provider_type(r.ty.get_ref(), &r.ty, &format!("routes.{name}.type"))?;
+        let route = RouteCx {
+            cx: self,
+            name,
+            v,
+            ty,
+            spec: ty.spec(),
+        };
+        route.misplaced_keys()?;
+        let upstream = route.upstream()?;
+        let key = route.key(type_defaults)?;
+        let deployments = route.deployments(&key, upstream.is_some())?;
+        let vertex = route.vertex(type_defaults)?;
+        let headers = route.headers()?;
+        route.models()?;
+        Ok(RouteConfig {
+            name: name.to_owned(),
+            spec: route.spec,
+            upstream,
+            key,
+            headers,
+            models: r.models.clone(),
+            ca_file: r.ca_file.as_ref().map(|c| self.path(c)),
+            deployments,
+            vertex,
+            region: r.region.as_ref().map(|r| r.get_ref().clone()),
+            required,
+        })
+    }
+
+    /// A route name is one path segment of unreserved characters.
+    fn route_name(&self, name: &str, v: &Spanned<RouteToml>) -> Result<(), ConfigError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+        {
+            return Err(self.at(
+                v,
+                &format!("routes.{name}"),
+                "a route name is one path segment: letters, digits, `-`, `_`, `.`, `~`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One `[routes.NAME]` table whose type is known, being validated.
+struct RouteCx<'a> {
+    cx: &'a Cx<'a>,
+    name: &'a str,
+    v: &'a Spanned<RouteToml>,
+    ty: ProviderType,
+    spec: &'static Spec,
+}
+
+// === impl RouteCx: the steps of a route ===
+
+impl RouteCx<'_> {
+    fn raw(&self) -> &RouteToml {
+        self.v.get_ref()
+    }
+
+    /// `routes.NAME.field`, the key errors name.
+    fn key_name(&self, field: &str) -> String {
+        format!("routes.{}.{field}", self.name)
+    }
+
+    fn at<T>(&self, v: &Spanned<T>, field: &str, message: impl Into<String>) -> ConfigError {
+        self.cx.at(v, &self.key_name(field), message)
+    }
+
+    /// Keys that only make sense on some families, and `key` on vertex.
+    fn misplaced_keys(&self) -> Result<(), ConfigError> {
+        let (r, family) = (self.raw(), self.spec.family);
+        let misplaced: [(bool, Option<Range<usize>>, &str, &str); 5] = [
+            (
+                family != Family::Azure,
+                (!r.deployments.is_empty()).then(|| self.v.span()),
+                "deployments",
+                "azure",
+            ),
+            (
+                family != Family::Vertex,
+                r.credentials.as_ref().map(Spanned::span),
+                "credentials",
+                "vertex",
+            ),
+            (
+                family != Family::Vertex,
+                r.project.as_ref().map(Spanned::span),
+                "project",
+                "vertex",
+            ),
+            (
+                family != Family::Vertex,
+                r.location.as_ref().map(Spanned::span),
+                "location",
+                "vertex",
+            ),
+            (
+                family != Family::Aws,
+                r.region.as_ref().map(Spanned::span),
+                "region",
+                "bedrock and sagemaker",
+            ),
+        ];
+        for (wrong, span, field, types) in misplaced {
+            if let (true, Some(span)) = (wrong, span) {
+                return Err(self.cx.error(
+                    span,
+                    Some(self.key_name(field)),
+                    format!("`{field}` is only valid for {types} routes"),
+                ));
+            }
+        }
+        if family == Family::Vertex
+            && let Some(key) = &r.key
+        {
+            return Err(self.at(key, "key", "vertex routes take `credentials` (a service-account JSON or \"metadata\"), not `key`"));
+        }
+        Ok(())
+    }
+
+    /// `upstream`, or the type's default; API-key types without one need it.
+    fn upstream(&self) -> Result<Option<UpstreamBase>, ConfigError> {
+        let (r, spec) = (self.raw(), self.spec);
+        if let Some(u) = &r.upstream {
+            return u
+                .get_ref()
+                .parse::<UpstreamBase>()
+                .map(Some)
+                .map_err(|e| self.at(u, "upstream", e));
+        }
+        match spec.upstream {
+            Some(default) => default
+                .parse::<UpstreamBase>()
+                .map(Some)
+                .map_err(|e| self.at(&r.ty, "type", e)),
+            None if spec.family == Family::ApiKey => Err(self.at(
+                &r.ty,
+                "upstream",
+                format!(
+                    "type `{}` has no default upstream: set `upstream = \"http://...\"`",
+                    spec.name
+                ),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The credential of a route that names none: the type's configured
+    /// default, else the built-in one. `field` is the key errors name.
+    fn default_key(
+        &self,
+        type_defaults: &TypeDefaults,
+        field: &str,
+    ) -> Result<KeySpec, ConfigError> {
+        match type_defaults.get(&self.ty) {
+            Some(s) => Ok(s.clone()),
+            None => self
+                .spec
+                .default_key
+                .parse::<Location>()
+                .map(KeySpec::single)
+                .map_err(|e| {
+                    self.at(
+                        &self.raw().ty,
+                        field,
+                        format!("built-in default credential {e}"),
+                    )
+                }),
+        }
+    }
+
+    /// `key` (`none` for vertex, whose credential is `credentials`).
+    fn key(&self, type_defaults: &TypeDefaults) -> Result<KeySpec, ConfigError> {
+        match &self.raw().key {
+            Some(key) => self.cx.key_spec(key, &self.key_name("key"), false),
+            None if self.spec.family == Family::Vertex => Ok(KeySpec::single(Location::None)),
+            None => self.default_key(type_defaults, "key"),
+        }
+    }
+
+    /// Azure `deployments`: an endpoint each, and a key defaulting to the
+    /// route's. An azure route needs deployments or a route-level upstream.
+    fn deployments(
+        &self,
+        route_key: &KeySpec,
+        has_upstream: bool,
+    ) -> Result<Vec<DeploymentConfig>, ConfigError> {
+        let mut deployments = Vec::new();
+        for (dname, d) in &self.raw().deployments {
+            let dk = |f: &str| self.key_name(&format!("deployments.{dname}.{f}"));
+            let dv = d.get_ref();
+            deployments.push(DeploymentConfig {
+                name: dname.clone(),
+                endpoint: dv
+                    .endpoint
+                    .get_ref()
+                    .parse()
+                    .map_err(|e| self.cx.at(&dv.endpoint, &dk("endpoint"), e))?,
+                key: match &dv.key {
+                    Some(key) => self.cx.key_spec(key, &dk("key"), false)?,
+                    None => route_key.clone(),
+                },
+            });
+        }
+        if self.spec.family == Family::Azure && deployments.is_empty() && !has_upstream {
+            return Err(self.cx.at(self.v, &format!("routes.{}", self.name), "an azure route needs `[routes.NAME.deployments.DEPLOYMENT]` tables (endpoint and key per deployment) or a route-level `upstream` for every deployment"));
+        }
+        Ok(deployments)
+    }
+
+    /// Vertex `credentials`, `project` and `location`; `None` for others.
+    fn vertex(&self, type_defaults: &TypeDefaults) -> Result<Option<VertexConfig>, ConfigError> {
+        if self.spec.family != Family::Vertex {
+            return Ok(None);
+        }
+        let r = self.raw();
+        self.vertex_ident(r.location.as_ref(), "location", &[])?;
+        self.vertex_ident(r.project.as_ref(), "project", &['.', ':'])?;
+        Ok(Some(VertexConfig {
+            credentials: match &r.credentials {
+                Some(c) => self.cx.key_spec(c, &self.key_name("credentials"), true)?,
+                None => self.default_key(type_defaults, "credentials")?,
+            },
+            project: r.project.as_ref().map(|p| p.get_ref().clone()),
+            location: r.location.as_ref().map(|l| l.get_ref().clone()),
+        }))
+    }
+
+    /// A Vertex `project` or `location` is spliced into the host name and
+    /// the path: checked here, so a typo is a config error and not a 400
+    /// blaming the client.
+    fn vertex_ident(
+        &self,
+        v: Option<&Spanned<String>>,
+        field: &str,
+        extra: &[char],
+    ) -> Result<(), ConfigError> {
+        let Some(v) = v else { return Ok(()) };
+        let text = v.get_ref();
+        if !text.is_empty()
+            && text.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || extra.contains(&c)
+            })
+        {
+            Ok(())
+        } else {
+            Err(self.at(
+                v,
+                field,
+                "expected lowercase letters, digits and `-` (e.g. \"us-central1\", \"my-project\")",
+            ))
+        }
+    }
+
+    /// `headers = { NAME = "location" }`: valid names that sidekey does not
+    /// manage, each read from a location that holds a value.
+    fn headers(&self) -> Result<Vec<(HeaderName, KeySpec)>, ConfigError> {
+        let raw = &self.raw().headers;
+        let mut out = Vec::with_capacity(raw.len());
+        for (hname, loc) in raw {
+            let key = self.key_name(&format!("headers.{hname}"));
+            let header = HeaderName::try_from(hname.as_str()).map_err(|_| {
+                self.cx
+                    .at(loc, &key, format!("`{hname}` is not a valid header name"))
+            })?;
+            if headers::is_reserved(&header) {
+                return Err(self.cx.at(
+                    loc,
+                    &key,
+                    format!("`{hname}` is managed by sidekey and cannot be set per route"),
+                ));
+            }
+            let location = self.cx.location(loc.get_ref(), loc, &key)?;
+            if matches!(location, Location::None | Location::Metadata) {
+                return Err(self.cx.at(
+                    loc,
+                    &key,
+                    "an extra header needs a location that holds a value",
+                ));
+            }
+            out.push((header, KeySpec::single(location)));
+        }
+        Ok(out)
+    }
+
+    /// `models`: no empty names.
+    fn models(&self) -> Result<(), ConfigError> {
+        match &self.raw().models {
+            Some(models) if models.iter().any(String::is_empty) => Err(self.cx.at(
+                self.v,
+                &self.key_name("models"),
+                "model names must not be empty",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
