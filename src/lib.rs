@@ -9,29 +9,48 @@
 //! # Layout
 //!
 //! A request flows listener → routes → credentials → provider auth →
-//! upstream → response:
+//! upstream → response. Modules import only the layers below them (no
+//! cycles; a test-free `crate::` scan keeps it so):
+//!
+//! ```text
+//!  server  admin  check  cli        the binary's pieces, the admin port
+//!     proxy                         the request path: one attempt loop
+//!     reload                        snapshots, watcher, reload thread, stability rule
+//!     config                        sidekey.toml -> validated Config
+//!     routes                        route table, targets
+//!     providers                     provider table, injection, classification
+//!     error  headers                ProxyError envelope; special header names
+//!     credentials                   locations, key sets, choosing keys
+//!     tokens                        minted credentials: cache, refresh, sources
+//!     upstream                      our HTTP client (rustls/ring)
+//!  body  url  files  secret  env  metrics   leaves: import nothing of sidekey
+//! ```
 //!
 //! - [`server`](crate::server): listeners, HTTP/1.1 + h2c, graceful drain.
 //! - `proxy`: the request path as named steps (inbound checks, strip,
-//!   allowlist, forward, response body with access log).
-//! - `routes`: first path segment → route; path and query → upstream URI.
-//! - `credentials`: locations (`env::`, `path::`, ...), the [`Secret`] type,
-//!   reading, and choosing a key per request.
-//! - `providers`: the provider table and per-family injection (one row per type).
-//! - `upstream`: the pooled rustls client (ring, webpki roots + `ca_file`).
-//! - `config`: `sidekey.toml` → validated config, with file:line errors.
+//!   allowlist, the attempt loop, response body with access log), in one
+//!   `request` span per request.
 //! - `reload`: the immutable snapshot behind an `ArcSwap`; the watcher and
 //!   the reload thread; the stability rule for files being written; last
 //!   good values for credentials that cannot be read.
-//! - `tokens`: Vertex OAuth2 access tokens (JWT grant, metadata server),
-//!   cached and refreshed in the background.
-//! - `env`: environment lookup passed in (tests use a map, not `set_var`).
-//! - `files`: bounded reads of configured files (regular files only,
-//!   size caps, never blocking on a FIFO).
+//! - `config`: `sidekey.toml` → validated config, with file:line errors.
+//! - `routes`: first path segment → route; path and query → upstream URI.
+//! - `providers`: the provider table (one row per type), per-family
+//!   injection, and what an answer says about the key.
+//! - `error`: sidekey's own errors and the one envelope builder.
 //! - `headers`: names of the headers sidekey treats specially (credentials,
 //!   hop-by-hop, managed), shared by `proxy` and `config`.
-//! - `admin`: `/healthz`, `/readyz`, `/metrics`.
-//! - `error`: sidekey's own errors and the one envelope builder.
+//! - `credentials`: locations (`env::`, `path::`, ...), reading them, key
+//!   health, and the order a request tries keys in.
+//! - `tokens`: credentials minted from an identity (a `Mint` source: the
+//!   Google service-account grant, the GKE metadata server), cached and
+//!   refreshed in the background, provider-agnostic.
+//! - `upstream`: the rustls client (ring, webpki roots + `ca_file`).
+//! - Leaves: `body` (request bodies shared by `proxy` and `upstream`), `url`
+//!   (upstream base URLs), `files` (bounded reads: regular files only, size
+//!   caps, never blocking on a FIFO), [`Secret`] (redacts and wipes), `env`
+//!   (environment lookup passed in; tests use a map, not `set_var`),
+//!   `metrics` (lock-free counters and the Prometheus text).
 //! - [`check`], [`cli`], [`shutdown`], [`telemetry`]: the binary's pieces.
 //!
 //! The request path loads one snapshot per request, takes no shared lock,
@@ -97,8 +116,13 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A TLS setting of a route cannot be loaded.
-    #[error("{0}")]
-    Tls(String),
+    #[error("{config}: {source}")]
+    Tls {
+        /// The config it comes from.
+        config: String,
+        /// What is wrong with it.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -116,7 +140,7 @@ impl StartError {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Tls(_) => check::EXIT_CONFIG,
+            Self::Config(_) | Self::Tls { .. } => check::EXIT_CONFIG,
             Self::Bind { .. } => 1,
         }
     }
@@ -157,8 +181,10 @@ impl Server {
             reg: &reg,
             prev: None,
         };
-        let snap = Snapshot::build(config, &inputs)
-            .map_err(|e| StartError::Tls(format!("{}: {e}", options.config.display_name())))?;
+        let snap = Snapshot::build(config, &inputs).map_err(|e| StartError::Tls {
+            config: options.config.display_name(),
+            source: Box::new(e),
+        })?;
         journal.commit(gate.finish().0);
         reg.metrics.reload(ReloadResult::Ok, started.elapsed());
         for p in &snap.problems {

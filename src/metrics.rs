@@ -270,7 +270,6 @@ impl Metrics {
     /// The Prometheus text exposition of everything; `live` holds what is
     /// read from the current snapshot rather than counted.
     pub(crate) fn render(&self, live: &Live) -> String {
-        let rested = &live.rested;
         let mut out = String::with_capacity(4096);
         let routes: Vec<Arc<RouteMetrics>> = {
             let map = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -279,85 +278,23 @@ impl Metrics {
                 .chain(std::iter::once(self.unrouted.clone()))
                 .collect()
         };
-
-        out.push_str(
-            "# HELP sidekey_requests_total Requests answered, by route and HTTP status.\n",
-        );
-        out.push_str("# TYPE sidekey_requests_total counter\n");
-        for m in &routes {
-            for (i, c) in m.statuses.iter().enumerate() {
-                let n = c.load(Relaxed);
-                if n > 0 {
-                    let status = i + 100;
-                    let _ = writeln!(
-                        out,
-                        "sidekey_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                        m.route
-                    );
-                }
-            }
-        }
-        out.push_str("# HELP sidekey_request_duration_seconds Time from request start to the end of the response body, by route.\n");
-        out.push_str("# TYPE sidekey_request_duration_seconds histogram\n");
-        for m in &routes {
-            m.duration.render(
-                &mut out,
-                "sidekey_request_duration_seconds",
-                &format!("route=\"{}\"", m.route),
-            );
-        }
-
-        out.push_str("# HELP sidekey_credential_failovers_total Requests sent again with another key, by route and reason (rejected, rate_limited).\n");
-        out.push_str("# TYPE sidekey_credential_failovers_total counter\n");
-        for m in &routes {
-            for (reason, counter) in [
-                ("rejected", &m.failovers_rejected),
-                ("rate_limited", &m.failovers_rate_limited),
-            ] {
-                let n = counter.load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "sidekey_credential_failovers_total{{route=\"{}\",reason=\"{reason}\"}} {n}",
-                        m.route
-                    );
-                }
-            }
-        }
-        out.push_str("# HELP sidekey_credential_keys_rested Keys currently rested after a rejection or a 429, by route.\n");
-        out.push_str("# TYPE sidekey_credential_keys_rested gauge\n");
-        for (route, n) in rested {
-            let _ = writeln!(
-                out,
-                "sidekey_credential_keys_rested{{route=\"{route}\"}} {n}"
-            );
-        }
-
-        out.push_str("# HELP sidekey_token_refreshes_total Access token requests (Vertex), by route and result.\n");
-        out.push_str("# TYPE sidekey_token_refreshes_total counter\n");
-        for m in &routes {
-            for (result, counter) in [("ok", &m.tokens_ok), ("error", &m.tokens_error)] {
-                let n = counter.load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "sidekey_token_refreshes_total{{route=\"{}\",result=\"{result}\"}} {n}",
-                        m.route
-                    );
-                }
-            }
-        }
-        out.push_str("# HELP sidekey_token_expiry_timestamp_seconds Unix time the current access token expires (0: no valid token), by route and credential.\n");
-        out.push_str("# TYPE sidekey_token_expiry_timestamp_seconds gauge\n");
-        for (route, credential, expiry) in &live.token_expiry {
-            let _ = writeln!(
-                out,
-                "sidekey_token_expiry_timestamp_seconds{{route=\"{route}\",credential=\"{}\"}} {expiry}",
-                label(credential)
-            );
-        }
+        render_requests(&mut out, &routes);
+        render_failovers(&mut out, &routes, &live.rested);
+        render_tokens(&mut out, &routes, &live.token_expiry);
         render_credentials(&mut out, live);
+        self.render_reloads(&mut out);
+        out.push_str("# HELP sidekey_build_info The running version.\n");
+        out.push_str("# TYPE sidekey_build_info gauge\n");
+        let _ = writeln!(
+            out,
+            "sidekey_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
 
+    /// Reload counters, duration and last success.
+    fn render_reloads(&self, out: &mut String) {
         out.push_str("# HELP sidekey_reloads_total Reload attempts, by result (error: the last good config stayed).\n");
         out.push_str("# TYPE sidekey_reloads_total counter\n");
         let _ = writeln!(
@@ -375,7 +312,7 @@ impl Metrics {
         );
         out.push_str("# TYPE sidekey_reload_duration_seconds histogram\n");
         self.reload_duration
-            .render(&mut out, "sidekey_reload_duration_seconds", "");
+            .render(out, "sidekey_reload_duration_seconds", "");
         out.push_str("# HELP sidekey_last_reload_success_timestamp_seconds Unix time of the last successful load.\n");
         out.push_str("# TYPE sidekey_last_reload_success_timestamp_seconds gauge\n");
         let _ = writeln!(
@@ -383,15 +320,90 @@ impl Metrics {
             "sidekey_last_reload_success_timestamp_seconds {}",
             self.last_reload_success.load(Relaxed)
         );
+    }
+}
 
-        out.push_str("# HELP sidekey_build_info The running version.\n");
-        out.push_str("# TYPE sidekey_build_info gauge\n");
+/// Requests by route and status, and their durations.
+fn render_requests(out: &mut String, routes: &[Arc<RouteMetrics>]) {
+    out.push_str("# HELP sidekey_requests_total Requests answered, by route and HTTP status.\n");
+    out.push_str("# TYPE sidekey_requests_total counter\n");
+    for m in routes {
+        for (i, c) in m.statuses.iter().enumerate() {
+            let n = c.load(Relaxed);
+            if n > 0 {
+                let status = i + 100;
+                let _ = writeln!(
+                    out,
+                    "sidekey_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    m.route
+                );
+            }
+        }
+    }
+    out.push_str("# HELP sidekey_request_duration_seconds Time from request start to the end of the response body, by route.\n");
+    out.push_str("# TYPE sidekey_request_duration_seconds histogram\n");
+    for m in routes {
+        m.duration.render(
+            out,
+            "sidekey_request_duration_seconds",
+            &format!("route=\"{}\"", m.route),
+        );
+    }
+}
+
+/// Failovers by reason, and keys resting now.
+fn render_failovers(out: &mut String, routes: &[Arc<RouteMetrics>], rested: &[(String, usize)]) {
+    out.push_str("# HELP sidekey_credential_failovers_total Requests sent again with another key, by route and reason (rejected, rate_limited).\n");
+    out.push_str("# TYPE sidekey_credential_failovers_total counter\n");
+    for m in routes {
+        for (reason, counter) in [
+            ("rejected", &m.failovers_rejected),
+            ("rate_limited", &m.failovers_rate_limited),
+        ] {
+            let n = counter.load(Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "sidekey_credential_failovers_total{{route=\"{}\",reason=\"{reason}\"}} {n}",
+                    m.route
+                );
+            }
+        }
+    }
+    out.push_str("# HELP sidekey_credential_keys_rested Keys currently rested after a rejection or a 429, by route.\n");
+    out.push_str("# TYPE sidekey_credential_keys_rested gauge\n");
+    for (route, n) in rested {
         let _ = writeln!(
             out,
-            "sidekey_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            "sidekey_credential_keys_rested{{route=\"{route}\"}} {n}"
         );
-        out
+    }
+}
+
+/// Token requests by result, and each token's expiry.
+fn render_tokens(out: &mut String, routes: &[Arc<RouteMetrics>], expiry: &[(String, String, u64)]) {
+    out.push_str("# HELP sidekey_token_refreshes_total Access token requests (Vertex), by route and result.\n");
+    out.push_str("# TYPE sidekey_token_refreshes_total counter\n");
+    for m in routes {
+        for (result, counter) in [("ok", &m.tokens_ok), ("error", &m.tokens_error)] {
+            let n = counter.load(Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "sidekey_token_refreshes_total{{route=\"{}\",result=\"{result}\"}} {n}",
+                    m.route
+                );
+            }
+        }
+    }
+    out.push_str("# HELP sidekey_token_expiry_timestamp_seconds Unix time the current access token expires (0: no valid token), by route and credential.\n");
+    out.push_str("# TYPE sidekey_token_expiry_timestamp_seconds gauge\n");
+    for (route, credential, expiry) in expiry {
+        let _ = writeln!(
+            out,
+            "sidekey_token_expiry_timestamp_seconds{{route=\"{route}\",credential=\"{}\"}} {expiry}",
+            label(credential)
+        );
     }
 }
 

@@ -209,6 +209,36 @@ mod tests {
         assert_eq!(r.map.lock().unwrap().len(), 0);
     }
 
+    /// A rest lasts its period on the clock, then exactly one request probes;
+    /// a probe that is not answered within the window frees the key for
+    /// another probe.
+    #[tokio::test(start_paused = true)]
+    async fn a_rest_runs_its_period_then_one_probe_per_window() {
+        let h = KeyHealth::default();
+        let window = Duration::from_secs(10);
+        h.rest(Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(h.standing(now_ms(), window), Standing::Rested(_)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(h.standing(now_ms(), window), Standing::Probe);
+        assert!(
+            matches!(h.standing(now_ms(), window), Standing::Rested(_)),
+            "one probe at a time"
+        );
+        // The probe never answered: after the window another request probes.
+        tokio::time::advance(window + Duration::from_millis(1)).await;
+        assert_eq!(h.standing(now_ms(), window), Standing::Probe);
+        // A rejected probe rests the key again, for a full period.
+        assert!(!h.rest(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(h.is_rested(now_ms()));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!h.is_rested(now_ms()));
+        assert_eq!(h.standing(now_ms(), window), Standing::Probe);
+        assert!(h.accepted());
+        assert_eq!(h.standing(now_ms(), window), Standing::Healthy);
+    }
+
     #[test]
     fn cursor_cycles() {
         let c = Cursor::default();

@@ -14,6 +14,7 @@ mod build;
 pub(crate) mod diff;
 pub(crate) mod gate;
 mod registries;
+mod rejection;
 pub(crate) mod snapshot;
 pub(crate) mod watch;
 
@@ -31,6 +32,7 @@ use crate::metrics::ReloadResult;
 pub(crate) use build::Inputs;
 use gate::{Gate, Journal};
 pub(crate) use registries::Registries;
+pub(crate) use rejection::{OpenSocket, Rejection};
 pub(crate) use snapshot::Snapshot;
 
 /// What started a reload (logged as `trigger`).
@@ -89,13 +91,13 @@ pub(crate) struct Shared {
 }
 
 /// What a reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Outcome {
     /// A new snapshot serves new requests.
     pub(crate) swapped: bool,
     /// What could not be applied (the config, credentials keeping their
-    /// last good value), one message each, locations only.
-    pub(crate) rejected: Vec<String>,
+    /// last good value); locations only.
+    pub(crate) rejected: Vec<Rejection>,
     /// Content held because it is being written: reload again within this.
     pub(crate) recheck: Option<Duration>,
 }
@@ -151,7 +153,7 @@ impl Shared {
     /// against the socket actually bound: a reload cannot move it, so a new
     /// config that says loopback and drops the token would otherwise open
     /// the still-public socket to anyone.
-    fn keeps_the_socket_safe(&self, config: Config) -> Result<Config, String> {
+    fn keeps_the_socket_safe(&self, config: Config) -> Result<Config, OpenSocket> {
         let bound = self.bound_listen;
         if !crate::config::open_to_anyone(
             bound,
@@ -160,23 +162,24 @@ impl Shared {
         ) {
             return Ok(config);
         }
-        Err(format!(
-            "{}: sidekey listens on {bound} (changing `listen` needs a restart), which is not a \
-             loopback address: the config must keep `inbound_token` (or say `allow_unauthenticated = true`)",
-            self.source.display_name()
-        ))
+        Err(OpenSocket {
+            file: self.source.display_name(),
+            bound,
+        })
     }
 
     /// The config on disk, or why it cannot be applied (`Err(None)`: it is
     /// being written and is looked at again shortly).
-    fn next_config(&self, files: &dyn Files) -> Result<Config, Option<String>> {
+    fn next_config(&self, files: &dyn Files) -> Result<Config, Option<Rejection>> {
         match Config::load(&self.source, self.env.as_ref(), files, &self.overrides) {
-            Ok(config) => self.keeps_the_socket_safe(config).map_err(Some),
+            Ok(config) => self
+                .keeps_the_socket_safe(config)
+                .map_err(|e| Some(Rejection::OpenSocket(e))),
             Err(ConfigError::Read {
                 source: FileError::Held,
                 ..
             }) => Err(None),
-            Err(e) => Err(Some(e.to_string())),
+            Err(e) => Err(Some(Rejection::Config(Box::new(e)))),
         }
     }
 
@@ -200,12 +203,14 @@ impl Shared {
                 self.set_config_stale(None);
                 config
             }
-            Err(reason) => {
-                if let Some(reason) = reason {
+            Err(rejection) => {
+                if let Some(rejection) = rejection {
+                    let reason = match &rejection {
+                        Rejection::Config(e) => e.to_string(),
+                        other => other.to_string(),
+                    };
                     self.set_config_stale(Some(&reason));
-                    rejected.push(format!(
-                        "config not applied, the last good one stays: {reason}"
-                    ));
+                    rejected.push(rejection);
                 }
                 current.config.clone()
             }
@@ -220,8 +225,11 @@ impl Shared {
         let (reads, recheck) = gate.finish();
         let next = match built {
             Ok(next) => next,
-            Err(e) => {
-                rejected.push(format!("{}: {e}", self.source.display_name()));
+            Err(source) => {
+                rejected.push(Rejection::Build {
+                    file: self.source.display_name(),
+                    source,
+                });
                 self.report(trigger, started, &rejected, false);
                 return Outcome {
                     swapped: false,
@@ -233,7 +241,7 @@ impl Shared {
         rejected.extend(
             next.stale
                 .iter()
-                .map(|s| format!("credential not applied, the last good value stays: {s}")),
+                .map(|s| Rejection::Credential(Box::new(s.clone()))),
         );
         self.journal.commit(reads);
         let swapped = next.digest != current.digest;
@@ -306,14 +314,15 @@ impl Shared {
 
     /// Logs and counts the reload. A periodic re-read that finds what the
     /// reload before found is not a new change: nothing is logged or counted.
-    fn report(&self, trigger: Trigger, started: Instant, rejected: &[String], swapped: bool) {
+    fn report(&self, trigger: Trigger, started: Instant, rejected: &[Rejection], swapped: bool) {
+        let rejected: Vec<String> = rejected.iter().map(ToString::to_string).collect();
         let mut last = self
             .last_rejections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let repeated = trigger == Trigger::Periodic && *last == rejected;
         if !rejected.is_empty() && !repeated {
-            for r in rejected {
+            for r in &rejected {
                 tracing::warn!(trigger = trigger.as_str(), rejected = %r, "reload rejected a change");
             }
             self.reg
@@ -322,6 +331,9 @@ impl Shared {
         } else if swapped {
             self.reg.metrics.reload(ReloadResult::Ok, started.elapsed());
         }
-        rejected.clone_into(&mut last);
+        *last = rejected;
     }
 }
+
+#[cfg(test)]
+mod tests;

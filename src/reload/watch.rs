@@ -100,6 +100,13 @@ impl Reloader {
                 outcome = self.worker.reload(trigger) => outcome,
                 () = &mut stop => return,
             };
+            tracing::debug!(
+                trigger = trigger.as_str(),
+                swapped = outcome.swapped,
+                rejected = outcome.rejected.len(),
+                recheck_ms = outcome.recheck.map(|d| d.as_millis() as u64),
+                "reload done"
+            );
             recheck = outcome
                 .recheck
                 .map(|after| (Instant::now() + after.max(settings.debounce), trigger));
