@@ -143,12 +143,11 @@ impl RouteMetrics {
     /// Counts a switch to another key after the upstream rejected the key
     /// (`rate_limited` false) or rate-limited it (true).
     pub(crate) fn failover(&self, rate_limited: bool) {
-        let counter = if rate_limited {
-            &self.failovers_rate_limited
+        if rate_limited {
+            self.failovers_rate_limited.fetch_add(1, Relaxed);
         } else {
-            &self.failovers_rejected
-        };
-        counter.fetch_add(1, Relaxed);
+            self.failovers_rejected.fetch_add(1, Relaxed);
+        }
     }
 
     /// Records one finished request.
@@ -351,25 +350,45 @@ fn render_requests(out: &mut String, routes: &[Arc<RouteMetrics>]) {
     }
 }
 
-/// Failovers by reason, and keys resting now.
-fn render_failovers(out: &mut String, routes: &[Arc<RouteMetrics>], rested: &[(String, usize)]) {
-    out.push_str("# HELP sidekey_credential_failovers_total Requests sent again with another key, by route and reason (rejected, rate_limited).\n");
-    out.push_str("# TYPE sidekey_credential_failovers_total counter\n");
+/// The non-zero counters `pick` gives for each route, labelled by route
+/// and `label`.
+fn counters<'m>(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    routes: &'m [Arc<RouteMetrics>],
+    pick: impl Fn(&'m RouteMetrics) -> [(&'static str, &'m AtomicU64); 2],
+) {
     for m in routes {
-        for (reason, counter) in [
-            ("rejected", &m.failovers_rejected),
-            ("rate_limited", &m.failovers_rate_limited),
-        ] {
+        for (value, counter) in pick(m) {
             let n = counter.load(Relaxed);
             if n > 0 {
                 let _ = writeln!(
                     out,
-                    "sidekey_credential_failovers_total{{route=\"{}\",reason=\"{reason}\"}} {n}",
+                    "{name}{{route=\"{}\",{label}=\"{value}\"}} {n}",
                     m.route
                 );
             }
         }
     }
+}
+
+/// Failovers by reason, and keys resting now.
+fn render_failovers(out: &mut String, routes: &[Arc<RouteMetrics>], rested: &[(String, usize)]) {
+    out.push_str("# HELP sidekey_credential_failovers_total Requests sent again with another key, by route and reason (rejected, rate_limited).\n");
+    out.push_str("# TYPE sidekey_credential_failovers_total counter\n");
+    counters(
+        out,
+        "sidekey_credential_failovers_total",
+        "reason",
+        routes,
+        |m| {
+            [
+                ("rejected", &m.failovers_rejected),
+                ("rate_limited", &m.failovers_rate_limited),
+            ]
+        },
+    );
     out.push_str("# HELP sidekey_credential_keys_rested Keys currently rested after a rejection or a 429, by route.\n");
     out.push_str("# TYPE sidekey_credential_keys_rested gauge\n");
     for (route, n) in rested {
@@ -384,18 +403,13 @@ fn render_failovers(out: &mut String, routes: &[Arc<RouteMetrics>], rested: &[(S
 fn render_tokens(out: &mut String, routes: &[Arc<RouteMetrics>], expiry: &[(String, String, u64)]) {
     out.push_str("# HELP sidekey_token_refreshes_total Access token requests (Vertex), by route and result.\n");
     out.push_str("# TYPE sidekey_token_refreshes_total counter\n");
-    for m in routes {
-        for (result, counter) in [("ok", &m.tokens_ok), ("error", &m.tokens_error)] {
-            let n = counter.load(Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "sidekey_token_refreshes_total{{route=\"{}\",result=\"{result}\"}} {n}",
-                    m.route
-                );
-            }
-        }
-    }
+    counters(
+        out,
+        "sidekey_token_refreshes_total",
+        "result",
+        routes,
+        |m| [("ok", &m.tokens_ok), ("error", &m.tokens_error)],
+    );
     out.push_str("# HELP sidekey_token_expiry_timestamp_seconds Unix time the current access token expires (0: no valid token), by route and credential.\n");
     out.push_str("# TYPE sidekey_token_expiry_timestamp_seconds gauge\n");
     for (route, credential, expiry) in expiry {

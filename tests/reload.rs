@@ -76,9 +76,7 @@ async fn kubelet_secret_updates_are_picked_up_every_time() {
 async fn plain_writes_truncations_and_editor_renames_are_picked_up() {
     let dir = tempfile::tempdir().unwrap();
     let mock = echo::mock().await;
-    let key = dir.path().join("keys/openai");
-    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-    std::fs::write(&key, "sk-plain-0\n").unwrap();
+    let key = echo::key_file(dir.path(), "keys/openai", "sk-plain-0\n");
     let config = route("openai", &mock.url, &format!("path::{}", key.display()));
     let sidekey = start_in(dir.path(), &config, MapEnv::default()).await;
     assert_eq!(key_seen(&sidekey, "openai").await, "Bearer sk-plain-0");
@@ -142,10 +140,8 @@ async fn config_changes_add_and_remove_routes() {
 #[tokio::test]
 async fn a_broken_config_keeps_the_last_good_one_until_fixed() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo::mock().await;
-    let mut vol = SecretVolume::create(&dir.path().join("secrets"), &[("key", "sk-good\n")]);
+    let (mock, mut vol, sidekey) = echo::volume_route(dir.path(), "openai", "sk-good\n").await;
     let good = route("openai", &mock.url, &vol.location("key"));
-    let sidekey = start_in(dir.path(), &good, MapEnv::default()).await;
     assert_eq!(key_seen(&sidekey, "openai").await, "Bearer sk-good");
 
     let missing = format!("path::{}", dir.path().join("nope/key").display());

@@ -171,9 +171,7 @@ async fn keeps_answering(base: &str, admin: &str, for_how_long: Duration) {
 async fn a_fifo_a_device_or_a_huge_file_is_refused_without_stalling_anything() {
     let dir = tempfile::tempdir().unwrap();
     let mock = echo::mock().await;
-    let key = dir.path().join("keys/a");
-    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-    std::fs::write(&key, "sk-a-1\n").unwrap();
+    let key = echo::key_file(dir.path(), "keys/a", "sk-a-1\n");
     let config = dir.path().join("sidekey.toml");
     std::fs::write(
         &config,
@@ -337,10 +335,8 @@ async fn without_watches_a_config_written_in_two_parts_waits_until_settled() {
 #[tokio::test]
 async fn a_broken_config_is_reported_stale_while_keys_still_rotate() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = echo::mock().await;
-    let mut vol = SecretVolume::create(&dir.path().join("secrets"), &[("key", "sk-1\n")]);
+    let (mock, mut vol, sidekey) = echo::volume_route(dir.path(), "a", "sk-1\n").await;
     let good = route("a", &mock.url, &vol.location("key"));
-    let sidekey = start_in(dir.path(), &good, MapEnv::default()).await;
     let admin = sidekey.admin_url("");
     assert_eq!(
         metric(&admin, "sidekey_config_stale_seconds").await,

@@ -212,40 +212,32 @@ impl RouteCx<'_> {
     /// Keys that only make sense on some families, and `key` on vertex.
     fn misplaced_keys(&self) -> Result<(), ConfigError> {
         let (r, family) = (self.raw(), self.spec.family);
-        let misplaced: [(bool, Option<Range<usize>>, &str, &str); 5] = [
+        let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span);
+        // (the family the key belongs to, where it is set, key, types named)
+        let misplaced: [(Family, Option<Range<usize>>, &str, &str); 5] = [
             (
-                family != Family::Azure,
+                Family::Azure,
                 (!r.deployments.is_empty()).then(|| self.v.span()),
                 "deployments",
                 "azure",
             ),
             (
-                family != Family::Vertex,
+                Family::Vertex,
                 r.credentials.as_ref().map(Spanned::span),
                 "credentials",
                 "vertex",
             ),
+            (Family::Vertex, span(&r.project), "project", "vertex"),
+            (Family::Vertex, span(&r.location), "location", "vertex"),
             (
-                family != Family::Vertex,
-                r.project.as_ref().map(Spanned::span),
-                "project",
-                "vertex",
-            ),
-            (
-                family != Family::Vertex,
-                r.location.as_ref().map(Spanned::span),
-                "location",
-                "vertex",
-            ),
-            (
-                family != Family::Aws,
-                r.region.as_ref().map(Spanned::span),
+                Family::Aws,
+                span(&r.region),
                 "region",
                 "bedrock and sagemaker",
             ),
         ];
-        for (wrong, span, field, types) in misplaced {
-            if let (true, Some(span)) = (wrong, span) {
+        for (owner, span, field, types) in misplaced {
+            if let (true, Some(span)) = (family != owner, span) {
                 return Err(self.cx.error(
                     span,
                     Some(self.key_name(field)),

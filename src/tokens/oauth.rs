@@ -41,32 +41,28 @@ pub(crate) async fn exchange(
         .authority()
         .map(ToString::to_string)
         .unwrap_or_default();
+    let timeout = |_| MintError::Timeout {
+        host: host.clone(),
+        after: FETCH_TIMEOUT,
+    };
+    let unreachable = |reason| MintError::Unreachable {
+        host: host.clone(),
+        reason,
+    };
     // The lane guard lives to the end of this function: past the body read.
     let (response, _lane) = client.request(req);
     let resp = tokio::time::timeout(FETCH_TIMEOUT, response)
         .await
-        .map_err(|_| MintError::Timeout {
-            host: host.clone(),
-            after: FETCH_TIMEOUT,
-        })?
-        .map_err(|e| MintError::Unreachable {
-            host: host.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(timeout)?
+        .map_err(|e| unreachable(e.to_string()))?;
     let status = resp.status();
     let body = tokio::time::timeout(
         FETCH_TIMEOUT,
         Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE).collect(),
     )
     .await
-    .map_err(|_| MintError::Timeout {
-        host: host.clone(),
-        after: FETCH_TIMEOUT,
-    })?
-    .map_err(|e| MintError::Unreachable {
-        host: host.clone(),
-        reason: format!("reading the answer failed: {e}"),
-    })?
+    .map_err(timeout)?
+    .map_err(|e| unreachable(format!("reading the answer failed: {e}")))?
     .to_bytes();
     if status != StatusCode::OK {
         return Err(MintError::Refused {

@@ -1,10 +1,13 @@
 //! An echo provider and the probes the reload tests use: which key reached
 //! the provider through a route, and what a metric says.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::client;
+use super::kubelet::SecretVolume;
 use super::mock::{Mock, Recorded, Reply, Transport};
+use super::sidekey::{Running, start_in};
 
 /// Every wait for a reload to show is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -65,4 +68,22 @@ pub async fn metric(admin: &str, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Writes `value` to `dir/rel`, creating its directory; returns the path.
+pub fn key_file(dir: &Path, rel: &str, value: &str) -> PathBuf {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, value).unwrap();
+    path
+}
+
+/// An echo provider, a Secret volume under `dir/secrets` holding `key`, and
+/// sidekey in `dir` with one route `name` reading it.
+pub async fn volume_route(dir: &Path, name: &str, key: &str) -> (Mock, SecretVolume, Running) {
+    let mock = mock().await;
+    let vol = SecretVolume::create(&dir.join("secrets"), &[("key", key)]);
+    let config = route(name, &mock.url, &vol.location("key"));
+    let sidekey = start_in(dir, &config, sidekey::MapEnv::default()).await;
+    (mock, vol, sidekey)
 }
