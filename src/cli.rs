@@ -16,7 +16,7 @@ pub const ENV_CONFIG: &str = "SIDEKEY_CONFIG";
 
 /// sidekey: a credential-injecting sidecar proxy for LLM provider APIs.
 ///
-/// Apps send plain HTTP to 127.0.0.1:8787/<route>/... with any dummy key;
+/// Apps send plain HTTP to `127.0.0.1:8787/<route>/...` with any dummy key;
 /// sidekey swaps in the real credential and forwards over TLS.
 #[derive(Debug, Parser)]
 #[command(name = "sidekey", version, about, long_about = None)]

@@ -26,7 +26,7 @@
 //!  body  url  files  secret  env  metrics   leaves: import nothing of sidekey
 //! ```
 //!
-//! - [`server`](crate::server): listeners, HTTP/1.1 + h2c, graceful drain.
+//! - `server`: listeners, HTTP/1.1 + h2c, graceful drain.
 //! - `proxy`: the request path as named steps (inbound checks, strip,
 //!   allowlist, the attempt loop, response body with access log), in one
 //!   `request` span per request.

@@ -107,7 +107,7 @@ impl Secret {
     ///
     /// # Errors
     ///
-    /// [`InvalidSecret`] when nothing is left after trimming, or when the value
+    /// `InvalidSecret` when nothing is left after trimming, or when the value
     /// could not travel in a header.
     pub fn new(raw: Vec<u8>) -> Result<Self, InvalidSecret> {
         let mut raw = Wiped(raw);
@@ -155,7 +155,7 @@ impl Secret {
     ///
     /// # Errors
     ///
-    /// [`InvalidSecret::NotHeaderSafe`] if the result is not a valid header value.
+    /// `InvalidSecret::NotHeaderSafe` if the result is not a valid header value.
     pub fn header_value(&self, prefix: &str) -> Result<HeaderValue, InvalidSecret> {
         let bytes = if prefix.is_empty() {
             self.bytes.clone()
