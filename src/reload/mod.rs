@@ -198,20 +198,13 @@ impl Shared {
         let current = self.snapshot();
         let gate = Gate::new(&self.journal, trigger, current.config.reload.settle);
         let mut rejected = Vec::new();
+        // A config being written is neither current nor stale yet.
+        let mut config_held = false;
         let config = match self.next_config(&gate) {
-            Ok(config) => {
-                self.set_config_stale(None);
-                config
-            }
+            Ok(config) => config,
             Err(rejection) => {
-                if let Some(rejection) = rejection {
-                    let reason = match &rejection {
-                        Rejection::Config(e) => e.to_string(),
-                        other => other.to_string(),
-                    };
-                    self.set_config_stale(Some(&reason));
-                    rejected.push(rejection);
-                }
+                config_held = rejection.is_none();
+                rejected.extend(rejection);
                 current.config.clone()
             }
         };
@@ -230,6 +223,7 @@ impl Shared {
                     file: self.source.display_name(),
                     source,
                 });
+                self.note_config_stale(&rejected, config_held);
                 self.report(trigger, started, &rejected, false);
                 return Outcome {
                     swapped: false,
@@ -238,6 +232,7 @@ impl Shared {
                 };
             }
         };
+        self.note_config_stale(&rejected, config_held);
         rejected.extend(
             next.stale
                 .iter()
@@ -261,14 +256,26 @@ impl Shared {
         }
     }
 
-    fn set_config_stale(&self, reason: Option<&str>) {
+    /// The config on disk is stale while a rejection keeps it from applying
+    /// (it does not load, or its TLS settings do not); otherwise current,
+    /// unless it is being written (`held`): then it stays as it was.
+    fn note_config_stale(&self, rejected: &[Rejection], held: bool) {
+        let reason = rejected.iter().find_map(|r| match r {
+            Rejection::Config(e) => Some(e.to_string()),
+            Rejection::OpenSocket(e) => Some(e.to_string()),
+            Rejection::Build { source, .. } => Some(source.to_string()),
+            Rejection::Credential(_) => None,
+        });
+        if held && reason.is_none() {
+            return;
+        }
         let mut stale = self
             .config_stale
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *stale = reason.map(|reason| ConfigStale {
             since: stale.as_ref().map_or_else(Instant::now, |s| s.since),
-            reason: reason.to_owned(),
+            reason,
         });
     }
 
