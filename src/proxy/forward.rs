@@ -8,7 +8,6 @@
 //! holds the request's place on its upstream connection until the response
 //! body ends.
 
-use std::error::Error as StdError;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -29,13 +28,12 @@ pub(crate) async fn send(
     req: Request<UpstreamBody>,
     timeout: Duration,
 ) -> Result<(Response<Incoming>, LaneGuard), ProxyError> {
-    let (response, lane) = route.client.request(req);
-    match tokio::time::timeout(timeout, response).await {
-        Ok(Ok(resp)) => Ok((resp, lane)),
+    match tokio::time::timeout(timeout, route.client.send(req)).await {
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
             route: route.name.to_string(),
             upstream: host.to_owned(),
-            reason: reason(&e),
+            reason: e.to_string(),
         }),
         Err(_) => Err(ProxyError::UpstreamTimeout {
             route: route.name.to_string(),
@@ -43,25 +41,4 @@ pub(crate) async fn send(
             after: timeout,
         }),
     }
-}
-
-/// A one-line reason from the error chain: hyper-util's outer error only says
-/// "client error (Connect)"; the useful part is underneath.
-fn reason(e: &hyper_util::client::legacy::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if e.is_connect() {
-        parts.push("connect failed".to_owned());
-    }
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    parts.join(": ")
 }

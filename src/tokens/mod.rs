@@ -358,8 +358,7 @@ impl Refresher {
             .map(ToString::to_string)
             .unwrap_or_default();
         // The lane guard lives to the end of this function: past the body read.
-        let (response, _lane) = self.client.request(req);
-        let resp = tokio::time::timeout(FETCH_TIMEOUT, response)
+        let (resp, _lane) = tokio::time::timeout(FETCH_TIMEOUT, self.client.send(req))
             .await
             .map_err(|_| {
                 format!(

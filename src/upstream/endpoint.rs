@@ -1,0 +1,444 @@
+//! The connections to one upstream host (scheme + authority), and sending a
+//! request over them.
+//!
+//! HTTP/1.1: a stack of idle connections. A request pops the most recently
+//! used one (warm in every cache) and its [`LaneGuard`] pushes it back when
+//! the response body ends, so while a response streams the connection is the
+//! request's alone, and the next request of the same inbound connection
+//! usually gets it back. No task is spawned per request: the connection is
+//! ready again the moment its response has been read, which is when the
+//! guard drops; only when it is not ready yet (a response abandoned midway)
+//! does a short-lived task wait for it. A `101 Switching Protocols` answer
+//! keeps the connection out of the stack for good: the socket belongs to
+//! the upgrade.
+//!
+//! HTTP/2: *lanes*, one connection each. hyper (as RFC 9113 §9.1 asks) never
+//! opens a second connection to a host, so once the server's streams are all
+//! open further requests would wait for one to end; LLM streams last
+//! minutes. A request takes the first lane with fewer than
+//! `limits.upstream_streams_per_connection` requests in flight and opens a
+//! new lane when all are full (past [`MAX_LANES`], the least busy lane is
+//! shared). The lane list is read without a lock (one `ArcSwap` load and one
+//! atomic add per request).
+//!
+//! A request whose connection turns out to be closed before the request was
+//! written (the server closed an idle keep-alive connection) is sent again,
+//! once, on a new connection: a keep-alive race never reaches the client.
+//!
+//! Idle connections expire: a sweeper task, alive only while the host has
+//! connections, counts how many sweeps each has sat idle through and closes
+//! it after [`IDLE_TIMEOUT`]; the request path never reads a clock.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::{Parts, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+
+use super::UpstreamBody;
+use super::connect::{Conn, Dialer, Target};
+use super::error::Error;
+
+/// Idle HTTP/1.1 connections kept per upstream host. Above this many
+/// concurrent requests, every returned connection beyond the cap is closed
+/// and a later request pays a new TLS handshake (measured with the previous
+/// client: half the throughput at 64 connections with a cap of 32).
+pub(crate) const MAX_IDLE_PER_HOST: usize = 256;
+
+/// Most HTTP/2 connections per host; past that, requests share the least
+/// busy one.
+pub(crate) const MAX_LANES: usize = 64;
+
+/// How long a connection may sit unused before it is closed.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often the sweeper looks at idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A connection idle through more sweeps than this is closed: it has been
+/// idle between `IDLE_TIMEOUT` and `IDLE_TIMEOUT + SWEEP_EVERY`.
+const IDLE_SWEEPS: u32 = (IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs()) as u32;
+
+/// Longest a returned HTTP/1.1 connection that is not ready yet is waited
+/// for before it is given up.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+/// What ALPN last chose for this host.
+const PROTO_UNKNOWN: u8 = 0;
+const PROTO_H1: u8 = 1;
+const PROTO_H2: u8 = 2;
+
+/// The connections to one upstream host.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) target: Target,
+    per_lane: usize,
+    proto: AtomicU8,
+    /// Idle HTTP/1.1 connections, most recently used last. Never locked
+    /// across an await.
+    idle: Mutex<Vec<Idle>>,
+    lanes: ArcSwap<Vec<Arc<Lane>>>,
+    sweeping: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tx: http1::SendRequest<UpstreamBody>,
+    sweeps: u32,
+}
+
+/// One HTTP/2 connection and the requests in flight on it.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    tx: http2::SendRequest<UpstreamBody>,
+    in_flight: AtomicUsize,
+    idle_sweeps: AtomicU32,
+}
+
+/// Holds a request's connection until the response body ends (or the
+/// request fails): an HTTP/1.1 connection goes back to its host's idle
+/// stack, an HTTP/2 stream frees its place in the lane.
+#[derive(Debug)]
+#[must_use = "dropping the guard returns the request's connection"]
+pub(crate) struct LaneGuard(Hold);
+
+#[derive(Debug)]
+enum Hold {
+    H1 {
+        endpoint: Arc<Endpoint>,
+        tx: http1::SendRequest<UpstreamBody>,
+    },
+    H2(Arc<Lane>),
+    /// Nothing to return (an upgraded connection).
+    Nothing,
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.0, Hold::Nothing) {
+            Hold::H1 { endpoint, tx } => endpoint.give_back(tx),
+            Hold::H2(lane) => {
+                lane.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            Hold::Nothing => {}
+        }
+    }
+}
+
+/// A connection taken for one request.
+enum Taken {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(Arc<Lane>),
+}
+
+/// How one attempt failed.
+enum Failed {
+    /// The request was never written: it can go out on another connection.
+    Unsent(Box<Request<UpstreamBody>>, hyper::Error),
+    Sent(hyper::Error),
+}
+
+impl From<TrySendError<Request<UpstreamBody>>> for Failed {
+    fn from(mut e: TrySendError<Request<UpstreamBody>>) -> Self {
+        match e.take_message() {
+            Some(req) => Self::Unsent(Box::new(req), e.into_error()),
+            None => Self::Sent(e.into_error()),
+        }
+    }
+}
+
+impl Endpoint {
+    pub(crate) fn new(target: Target, per_lane: usize) -> Self {
+        Self {
+            target,
+            per_lane: per_lane.max(1),
+            proto: AtomicU8::new(PROTO_UNKNOWN),
+            idle: Mutex::new(Vec::new()),
+            lanes: ArcSwap::from_pointee(Vec::new()),
+            sweeping: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `req` (an absolute URI to this host); resolves with the
+    /// response head and the guard that holds its connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when no connection could be made, [`Error::Send`]
+    /// when the connection failed before a response head arrived.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        dialer: &Dialer,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, LaneGuard), Error> {
+        let mut reuse = true;
+        loop {
+            let (taken, reused) = match reuse.then(|| self.take()).flatten() {
+                Some(t) => (t, true),
+                None => (self.connect(dialer).await?, false),
+            };
+            match self.attempt(taken, req).await {
+                Ok(done) => return Ok(done),
+                Err(Failed::Unsent(back, e)) if reused => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; sending again on a new one");
+                    req = *back;
+                    self.absolute(&mut req);
+                    reuse = false;
+                }
+                Err(Failed::Unsent(_, e) | Failed::Sent(e)) => return Err(Error::Send(e)),
+            }
+        }
+    }
+
+    /// One attempt on `taken`.
+    async fn attempt(
+        self: &Arc<Self>,
+        taken: Taken,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, LaneGuard), Failed> {
+        match taken {
+            Taken::H1(mut tx) => {
+                self.origin_form(&mut req);
+                let resp = tx.try_send_request(req).await?;
+                let hold = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    Hold::Nothing
+                } else {
+                    Hold::H1 {
+                        endpoint: self.clone(),
+                        tx,
+                    }
+                };
+                Ok((resp, LaneGuard(hold)))
+            }
+            Taken::H2(lane) => {
+                let guard = LaneGuard(Hold::H2(lane.clone()));
+                let resp = lane.tx.clone().try_send_request(req).await?;
+                Ok((resp, guard))
+            }
+        }
+    }
+
+    /// A connection from the pool, if one is free.
+    fn take(&self) -> Option<Taken> {
+        if self.proto.load(Ordering::Relaxed) == PROTO_H2 {
+            return self.take_lane().map(Taken::H2);
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(Idle { tx, .. }) = idle.pop() {
+            if !tx.is_closed() {
+                return Some(Taken::H1(tx));
+            }
+        }
+        None
+    }
+
+    /// A new connection; an HTTP/2 one becomes a lane with this request in it.
+    async fn connect(self: &Arc<Self>, dialer: &Dialer) -> Result<Taken, Error> {
+        match dialer.dial(&self.target).await? {
+            Conn::H1(tx) => {
+                self.proto.store(PROTO_H1, Ordering::Relaxed);
+                Ok(Taken::H1(tx))
+            }
+            Conn::H2(tx) => {
+                self.proto.store(PROTO_H2, Ordering::Relaxed);
+                Ok(Taken::H2(self.add_lane(tx)))
+            }
+        }
+    }
+
+    /// The first open lane with room, counted; the least busy one when
+    /// [`MAX_LANES`] are open and full; `None` when a lane should be opened.
+    fn take_lane(&self) -> Option<Arc<Lane>> {
+        let lanes = self.lanes.load();
+        for lane in lanes.iter().filter(|l| !l.tx.is_closed()) {
+            let n = &lane.in_flight;
+            // A full lane is skipped with a load, not a write.
+            if n.load(Ordering::Acquire) < self.per_lane {
+                if n.fetch_add(1, Ordering::AcqRel) < self.per_lane {
+                    lane.idle_sweeps.store(0, Ordering::Relaxed);
+                    return Some(lane.clone());
+                }
+                n.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if lanes.len() < MAX_LANES {
+            return None;
+        }
+        let lane = lanes
+            .iter()
+            .filter(|l| !l.tx.is_closed())
+            .min_by_key(|l| l.in_flight.load(Ordering::Acquire))?;
+        lane.in_flight.fetch_add(1, Ordering::AcqRel);
+        lane.idle_sweeps.store(0, Ordering::Relaxed);
+        Some(lane.clone())
+    }
+
+    /// Adds a lane for `tx` with one request in it; drops closed lanes.
+    fn add_lane(self: &Arc<Self>, tx: http2::SendRequest<UpstreamBody>) -> Arc<Lane> {
+        let lane = Arc::new(Lane {
+            tx,
+            in_flight: AtomicUsize::new(1),
+            idle_sweeps: AtomicU32::new(0),
+        });
+        self.lanes.rcu(|old| {
+            let mut lanes: Vec<_> = old.iter().filter(|l| !l.tx.is_closed()).cloned().collect();
+            lanes.push(lane.clone());
+            lanes
+        });
+        self.start_sweeping();
+        lane
+    }
+
+    /// Takes back an HTTP/1.1 connection whose response has ended.
+    fn give_back(self: Arc<Self>, mut tx: http1::SendRequest<UpstreamBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        if tx.is_ready() {
+            self.keep(tx);
+            return;
+        }
+        // Its response is still being read (the body was dropped early, or
+        // the connection task has not run yet): wait a little, off the
+        // request path.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, tx.ready()).await {
+                    self.keep(tx);
+                }
+            });
+        }
+    }
+
+    fn keep(self: Arc<Self>, tx: http1::SendRequest<UpstreamBody>) {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() >= MAX_IDLE_PER_HOST {
+                return;
+            }
+            idle.push(Idle { tx, sweeps: 0 });
+        }
+        self.start_sweeping();
+    }
+
+    /// Rewrites an absolute URI to origin form (`/path?query`) and sets
+    /// `Host`, as HTTP/1.1 to an origin server wants.
+    fn origin_form(&self, req: &mut Request<UpstreamBody>) {
+        req.headers_mut()
+            .entry(http::header::HOST)
+            .or_insert_with(|| self.target.host_header.clone());
+        let pq = req
+            .uri()
+            .path_and_query()
+            .filter(|pq| pq.as_str() != "/")
+            .cloned();
+        let mut parts = Parts::default();
+        parts.path_and_query = pq;
+        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        if req.version() == Version::HTTP_2 {
+            *req.version_mut() = Version::HTTP_11;
+        }
+    }
+
+    /// Undoes [`Self::origin_form`]'s URI change, for a retry that may go
+    /// out over HTTP/2.
+    fn absolute(&self, req: &mut Request<UpstreamBody>) {
+        let mut parts = Parts::default();
+        parts.scheme = Some(if self.target.https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
+        parts.authority = Some(self.target.authority.clone());
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+
+    /// Starts the sweeper unless it runs.
+    fn start_sweeping(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Release);
+            return;
+        };
+        rt.spawn(sweeper(Arc::downgrade(self)));
+    }
+
+    /// Closes connections idle for too long; whether any connection is left.
+    fn sweep(&self) -> bool {
+        let left_idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.retain_mut(|i| {
+                i.sweeps += 1;
+                i.sweeps <= IDLE_SWEEPS && !i.tx.is_closed()
+            });
+            !idle.is_empty()
+        };
+        let expired = |l: &Lane| {
+            l.tx.is_closed()
+                || (l.in_flight.load(Ordering::Acquire) == 0
+                    && l.idle_sweeps.fetch_add(1, Ordering::AcqRel) >= IDLE_SWEEPS)
+        };
+        let lanes = self.lanes.load();
+        // A lane that gets a request after this check still works: dropping
+        // our handle leaves the request's own, and hyper closes the
+        // connection once its last stream ends.
+        let keep: Vec<_> = lanes.iter().filter(|l| !expired(l)).cloned().collect();
+        let left_lanes = !keep.is_empty();
+        if keep.len() != lanes.len() {
+            // Lanes added since the load above are kept.
+            let gone = |l: &Arc<Lane>| {
+                lanes.iter().any(|o| Arc::ptr_eq(o, l)) && !keep.iter().any(|k| Arc::ptr_eq(k, l))
+            };
+            self.lanes
+                .rcu(|now| now.iter().filter(|l| !gone(l)).cloned().collect::<Vec<_>>());
+        }
+        left_idle || left_lanes
+    }
+
+    fn has_connections(&self) -> bool {
+        let idle = self.idle.lock().map_or(0, |i| i.len());
+        idle > 0 || !self.lanes.load().is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |i| i.len())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn lane_count(&self) -> usize {
+        self.lanes.load().len()
+    }
+}
+
+/// Sweeps `endpoint` every [`SWEEP_EVERY`] while it has connections.
+async fn sweeper(endpoint: Weak<Endpoint>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(ep) = endpoint.upgrade() else { return };
+        if ep.sweep() {
+            continue;
+        }
+        ep.sweeping.store(false, Ordering::Release);
+        // A connection returned between the sweep and the store above
+        // would otherwise wait for the next request to start a sweeper.
+        if !ep.has_connections() || ep.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    }
+}
