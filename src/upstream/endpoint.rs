@@ -26,10 +26,12 @@
 //! once, on a new connection: a keep-alive race never reaches the client.
 //!
 //! Idle connections expire: a sweeper task, alive only while the host has
-//! connections, counts how many sweeps each has sat idle through and closes
-//! it after [`IDLE_TIMEOUT`]; the request path never reads a clock.
+//! connections, closes those idle for [`IDLE_TIMEOUT`] (give or take one
+//! sweep). An HTTP/1.1 connection is stamped when it goes back on the stack;
+//! an HTTP/2 lane is stamped by the sweeper when it first finds it without
+//! streams, so the HTTP/2 request path only clears the stamp.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -38,6 +40,7 @@ use http::uri::{Parts, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
+use tokio::time::Instant;
 
 use super::UpstreamBody;
 use super::connect::{Conn, Dialer, Target};
@@ -59,10 +62,6 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often the sweeper looks at idle connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// A connection idle through more sweeps than this is closed: it has been
-/// idle between `IDLE_TIMEOUT` and `IDLE_TIMEOUT + SWEEP_EVERY`.
-const IDLE_SWEEPS: u32 = (IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs()) as u32;
-
 /// Longest a returned HTTP/1.1 connection that is not ready yet is waited
 /// for before it is given up.
 const READY_WAIT: Duration = Duration::from_secs(1);
@@ -83,12 +82,14 @@ pub(crate) struct Endpoint {
     idle: Mutex<Vec<Idle>>,
     lanes: ArcSwap<Vec<Arc<Lane>>>,
     sweeping: AtomicBool,
+    /// The zero of lanes' idle stamps.
+    born: Instant,
 }
 
 #[derive(Debug)]
 struct Idle {
     tx: http1::SendRequest<UpstreamBody>,
-    sweeps: u32,
+    since: Instant,
 }
 
 /// One HTTP/2 connection and the requests in flight on it.
@@ -96,7 +97,9 @@ struct Idle {
 pub(crate) struct Lane {
     tx: http2::SendRequest<UpstreamBody>,
     in_flight: AtomicUsize,
-    idle_sweeps: AtomicU32,
+    /// Milliseconds after the endpoint's birth when a sweep first found the
+    /// lane without streams; 0 once a request has taken it since.
+    idle_since: AtomicU64,
 }
 
 /// Holds a request's connection until the response body ends (or the
@@ -160,6 +163,7 @@ impl Endpoint {
             idle: Mutex::new(Vec::new()),
             lanes: ArcSwap::from_pointee(Vec::new()),
             sweeping: AtomicBool::new(false),
+            born: Instant::now(),
         }
     }
 
@@ -179,7 +183,10 @@ impl Endpoint {
         loop {
             let (taken, reused) = match reuse.then(|| self.take()).flatten() {
                 Some(t) => (t, true),
-                None => (self.connect(dialer).await?, false),
+                // Boxed: dialing is rare, and its future (TLS and HTTP
+                // handshakes) would otherwise make every request's future,
+                // moved on each poll setup, kilobytes larger.
+                None => (Box::pin(self.connect(dialer)).await?, false),
             };
             match self.attempt(taken, req).await {
                 Ok(done) => return Ok(done),
@@ -259,7 +266,7 @@ impl Endpoint {
             // A full lane is skipped with a load, not a write.
             if n.load(Ordering::Acquire) < self.per_lane {
                 if n.fetch_add(1, Ordering::AcqRel) < self.per_lane {
-                    lane.idle_sweeps.store(0, Ordering::Relaxed);
+                    lane.idle_since.store(0, Ordering::Relaxed);
                     return Some(lane.clone());
                 }
                 n.fetch_sub(1, Ordering::AcqRel);
@@ -273,7 +280,7 @@ impl Endpoint {
             .filter(|l| !l.tx.is_closed())
             .min_by_key(|l| l.in_flight.load(Ordering::Acquire))?;
         lane.in_flight.fetch_add(1, Ordering::AcqRel);
-        lane.idle_sweeps.store(0, Ordering::Relaxed);
+        lane.idle_since.store(0, Ordering::Relaxed);
         Some(lane.clone())
     }
 
@@ -282,7 +289,7 @@ impl Endpoint {
         let lane = Arc::new(Lane {
             tx,
             in_flight: AtomicUsize::new(1),
-            idle_sweeps: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
         });
         self.lanes.rcu(|old| {
             let mut lanes: Vec<_> = old.iter().filter(|l| !l.tx.is_closed()).cloned().collect();
@@ -320,7 +327,10 @@ impl Endpoint {
             if idle.len() >= MAX_IDLE_PER_HOST {
                 return;
             }
-            idle.push(Idle { tx, sweeps: 0 });
+            idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
         }
         self.start_sweeping();
     }
@@ -377,18 +387,30 @@ impl Endpoint {
 
     /// Closes connections idle for too long; whether any connection is left.
     fn sweep(&self) -> bool {
+        let now = Instant::now();
         let left_idle = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            idle.retain_mut(|i| {
-                i.sweeps += 1;
-                i.sweeps <= IDLE_SWEEPS && !i.tx.is_closed()
-            });
+            idle.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.tx.is_closed());
             !idle.is_empty()
         };
+        // Never 0, which means "in use".
+        let stamp = u64::try_from(now.duration_since(self.born).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let expired = |l: &Lane| {
-            l.tx.is_closed()
-                || (l.in_flight.load(Ordering::Acquire) == 0
-                    && l.idle_sweeps.fetch_add(1, Ordering::AcqRel) >= IDLE_SWEEPS)
+            if l.tx.is_closed() {
+                return true;
+            }
+            if l.in_flight.load(Ordering::Acquire) > 0 {
+                return false;
+            }
+            match l
+                .idle_since
+                .compare_exchange(0, stamp, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => false,
+                Err(since) => Duration::from_millis(stamp.saturating_sub(since)) >= IDLE_TIMEOUT,
+            }
         };
         let lanes = self.lanes.load();
         // A lane that gets a request after this check still works: dropping
@@ -410,6 +432,11 @@ impl Endpoint {
     fn has_connections(&self) -> bool {
         let idle = self.idle.lock().map_or(0, |i| i.len());
         idle > 0 || !self.lanes.load().is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn keep_for_test(self: &Arc<Self>, tx: http1::SendRequest<UpstreamBody>) {
+        self.clone().keep(tx);
     }
 
     #[cfg(test)]
