@@ -9,6 +9,7 @@
 //! connections themselves ([`super::endpoint`]); dialing is
 //! [`super::connect`].
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use super::UpstreamBody;
 use super::connect::{Dialer, Target};
 use super::endpoint::{Endpoint, LaneGuard};
 use super::error::Error;
+use super::sending::Sending;
 
 /// Most upstream hosts one client pools connections for; a request to a
 /// further host still works, over connections of its own.
@@ -67,12 +69,14 @@ impl Client {
     ///
     /// [`Error`]: a bad URI, no connection, or a connection that failed
     /// before the response head.
-    pub(crate) async fn send(
+    pub(crate) fn send(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, LaneGuard), Error> {
-        let endpoint = self.endpoint(req.uri())?;
-        endpoint.send(&self.inner.dialer, req).await
+    ) -> impl Future<Output = Result<(Response<Incoming>, LaneGuard), Error>> + Send + '_ {
+        match self.endpoint(req.uri()) {
+            Ok(endpoint) => endpoint.send(&self.inner.dialer, req),
+            Err(error) => Sending::Failed { error: Some(error) },
+        }
     }
 
     /// What the client was built from.

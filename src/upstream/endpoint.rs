@@ -31,6 +31,7 @@
 //! an HTTP/2 lane is stamped by the sweeper when it first finds it without
 //! streams, so the HTTP/2 request path only clears the stamp.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -45,6 +46,7 @@ use tokio::time::Instant;
 use super::UpstreamBody;
 use super::connect::{Conn, Dialer, Target};
 use super::error::Error;
+use super::sending::{Sending, Sent};
 
 /// Idle HTTP/1.1 connections kept per upstream host. Above this many
 /// concurrent requests, every returned connection beyond the cap is closed
@@ -102,6 +104,9 @@ pub(crate) struct Lane {
     idle_since: AtomicU64,
 }
 
+/// A response head and the guard holding its connection.
+pub(crate) type Answer = (Response<Incoming>, LaneGuard);
+
 /// Holds a request's connection until the response body ends (or the
 /// request fails): an HTTP/1.1 connection goes back to its host's idle
 /// stack, an HTTP/2 stream frees its place in the lane.
@@ -138,22 +143,6 @@ enum Taken {
     H2(Arc<Lane>),
 }
 
-/// How one attempt failed.
-enum Failed {
-    /// The request was never written: it can go out on another connection.
-    Unsent(Box<Request<UpstreamBody>>, hyper::Error),
-    Sent(hyper::Error),
-}
-
-impl From<TrySendError<Request<UpstreamBody>>> for Failed {
-    fn from(mut e: TrySendError<Request<UpstreamBody>>) -> Self {
-        match e.take_message() {
-            Some(req) => Self::Unsent(Box::new(req), e.into_error()),
-            None => Self::Sent(e.into_error()),
-        }
-    }
-}
-
 impl Endpoint {
     pub(crate) fn new(target: Target, per_lane: usize) -> Self {
         Self {
@@ -168,65 +157,80 @@ impl Endpoint {
     }
 
     /// Sends `req` (an absolute URI to this host); resolves with the
-    /// response head and the guard that holds its connection.
+    /// response head and the guard that holds its connection. The request
+    /// is handed to a pooled connection at once; see [`Sending`].
     ///
     /// # Errors
     ///
     /// [`Error::Connect`] when no connection could be made, [`Error::Send`]
     /// when the connection failed before a response head arrived.
-    pub(crate) async fn send(
-        self: &Arc<Self>,
+    pub(super) fn send<'a>(
+        self: Arc<Self>,
+        dialer: &'a Dialer,
+        mut req: Request<UpstreamBody>,
+    ) -> Sending<'a, impl Future<Output = Sent> + Send, impl Future<Output = Sent> + Send> {
+        match self.take() {
+            Some(Taken::H1(mut tx)) => {
+                self.origin_form(&mut req);
+                Sending::H1 {
+                    fut: tx.try_send_request(req),
+                    tx: Some(tx),
+                    endpoint: self,
+                    dialer,
+                }
+            }
+            Some(Taken::H2(lane)) => Sending::H2 {
+                fut: lane.tx.clone().try_send_request(req),
+                guard: Some(LaneGuard(Hold::H2(lane))),
+                endpoint: self,
+                dialer,
+            },
+            None => Sending::Dialing {
+                fut: Box::pin(self.send_new(dialer, req)),
+            },
+        }
+    }
+
+    /// Sends `req` on a new connection (boxed by the caller: rare, and its
+    /// future holds the TLS and HTTP handshakes).
+    pub(super) async fn send_new(
+        self: Arc<Self>,
         dialer: &Dialer,
         mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, LaneGuard), Error> {
-        let mut reuse = true;
-        loop {
-            let (taken, reused) = match reuse.then(|| self.take()).flatten() {
-                Some(t) => (t, true),
-                // Boxed: dialing is rare, and its future (TLS and HTTP
-                // handshakes) would otherwise make every request's future,
-                // moved on each poll setup, kilobytes larger.
-                None => (Box::pin(self.connect(dialer)).await?, false),
-            };
-            match self.attempt(taken, req).await {
-                Ok(done) => return Ok(done),
-                Err(Failed::Unsent(back, e)) if reused => {
-                    tracing::debug!(error = %e, "pooled upstream connection was closed; sending again on a new one");
-                    req = *back;
-                    self.absolute(&mut req);
-                    reuse = false;
-                }
-                Err(Failed::Unsent(_, e) | Failed::Sent(e)) => return Err(Error::Send(e)),
+    ) -> Result<Answer, Error> {
+        let unsent = |e: TrySendError<Request<UpstreamBody>>| Error::Send(e.into_error());
+        match self.connect(dialer).await? {
+            Taken::H1(mut tx) => {
+                self.origin_form(&mut req);
+                let resp = tx.try_send_request(req).await.map_err(unsent)?;
+                Ok(self.h1_answer(tx, resp))
+            }
+            Taken::H2(lane) => {
+                let guard = LaneGuard(Hold::H2(lane.clone()));
+                let resp = lane
+                    .tx
+                    .clone()
+                    .try_send_request(req)
+                    .await
+                    .map_err(unsent)?;
+                Ok((resp, guard))
             }
         }
     }
 
-    /// One attempt on `taken`.
-    async fn attempt(
-        self: &Arc<Self>,
-        taken: Taken,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, LaneGuard), Failed> {
-        match taken {
-            Taken::H1(mut tx) => {
-                self.origin_form(&mut req);
-                let resp = tx.try_send_request(req).await?;
-                let hold = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    Hold::Nothing
-                } else {
-                    Hold::H1 {
-                        endpoint: self.clone(),
-                        tx,
-                    }
-                };
-                Ok((resp, LaneGuard(hold)))
-            }
-            Taken::H2(lane) => {
-                let guard = LaneGuard(Hold::H2(lane.clone()));
-                let resp = lane.tx.clone().try_send_request(req).await?;
-                Ok((resp, guard))
-            }
-        }
+    /// The answer on an HTTP/1.1 connection: the guard returns `tx` to the
+    /// stack, unless the connection was upgraded (it belongs to the upgrade).
+    pub(super) fn h1_answer(
+        self: Arc<Self>,
+        tx: http1::SendRequest<UpstreamBody>,
+        resp: Response<Incoming>,
+    ) -> Answer {
+        let hold = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            Hold::Nothing
+        } else {
+            Hold::H1 { endpoint: self, tx }
+        };
+        (resp, LaneGuard(hold))
     }
 
     /// A connection from the pool, if one is free.
@@ -356,7 +360,7 @@ impl Endpoint {
 
     /// Undoes [`Self::origin_form`]'s URI change, for a retry that may go
     /// out over HTTP/2.
-    fn absolute(&self, req: &mut Request<UpstreamBody>) {
+    pub(super) fn absolute(&self, req: &mut Request<UpstreamBody>) {
         let mut parts = Parts::default();
         parts.scheme = Some(if self.target.https {
             http::uri::Scheme::HTTPS

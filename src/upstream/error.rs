@@ -24,6 +24,9 @@ pub(crate) enum Error {
     /// The connection failed while the request was sent or its head awaited.
     #[error("request failed: {}", Chain(.0))]
     Send(hyper::Error),
+    /// A request future was polled after it completed (a bug).
+    #[error("request future polled after completion")]
+    Done,
 }
 
 /// Why no connection could be made.

@@ -4,9 +4,9 @@
 //! roots plus optional private CAs, ring as the only crypto provider);
 //! [`client`] is the client routes and token sources send through, keeping
 //! an [`endpoint`] (the connections to one host: idle HTTP/1.1 connections,
-//! HTTP/2 lanes) per upstream host; [`connect`] opens connections (TCP_NODELAY,
-//! connect timeout, ALPN h2 and http/1.1); [`error`] says what went wrong
-//! before a response head. Clients are cached in [`Clients`] across reloads,
+//! HTTP/2 lanes) per upstream host; `sending` is the (small) future of one
+//! request; [`connect`] opens connections (TCP_NODELAY, connect timeout, ALPN
+//! h2 and http/1.1); [`error`] says what went wrong before a response head. Clients are cached in [`Clients`] across reloads,
 //! so a config change that keeps a route's trust settings keeps its warm
 //! connections. Knows nothing of routes or credentials.
 
@@ -15,6 +15,7 @@ pub(crate) mod client;
 pub(crate) mod connect;
 pub(crate) mod endpoint;
 pub(crate) mod error;
+mod sending;
 pub(crate) mod tls;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ use std::time::Duration;
 pub(crate) use body::UpstreamBody;
 pub(crate) use client::Client;
 pub(crate) use endpoint::LaneGuard;
+pub(crate) use error::Error;
 use tls::TlsError;
 
 /// What distinguishes one client from another.
