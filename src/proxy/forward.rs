@@ -8,60 +8,71 @@
 //! holds the request's place on its upstream connection until the response
 //! body ends.
 
-use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::time::Timeout;
 
 use crate::error::ProxyError;
 use crate::routes::Route;
-use crate::upstream::{LaneGuard, UpstreamBody};
+use crate::upstream::{Error, LaneGuard, UpstreamBody};
 
-/// Sends `req` through the route's client.
+/// Sends `req` through the route's client. The request is handed to a
+/// connection at once; the returned future (small: it is moved into each
+/// caller's state) waits for the response head.
 ///
 /// # Errors
 ///
 /// [`ProxyError::UpstreamUnreachable`] or [`ProxyError::UpstreamTimeout`].
-pub(crate) async fn send(
-    route: &Route,
-    host: &str,
+pub(crate) fn send<'a>(
+    route: &'a Route,
+    host: &'a str,
     req: Request<UpstreamBody>,
     timeout: Duration,
-) -> Result<(Response<Incoming>, LaneGuard), ProxyError> {
-    let (response, lane) = route.client.request(req);
-    match tokio::time::timeout(timeout, response).await {
-        Ok(Ok(resp)) => Ok((resp, lane)),
-        Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
-            route: route.name.to_string(),
-            upstream: host.to_owned(),
-            reason: reason(&e),
-        }),
-        Err(_) => Err(ProxyError::UpstreamTimeout {
-            route: route.name.to_string(),
-            upstream: host.to_owned(),
-            after: timeout,
-        }),
+) -> impl Future<Output = Result<(Response<Incoming>, LaneGuard), ProxyError>> + Send + 'a {
+    Forward {
+        head: tokio::time::timeout(timeout, route.client.send(req)),
+        route,
+        host,
+        after: timeout,
     }
 }
 
-/// A one-line reason from the error chain: hyper-util's outer error only says
-/// "client error (Connect)"; the useful part is underneath.
-fn reason(e: &hyper_util::client::legacy::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if e.is_connect() {
-        parts.push("connect failed".to_owned());
+pin_project_lite::pin_project! {
+    /// The response head, or the error naming route and host.
+    struct Forward<'a, F> {
+        #[pin]
+        head: Timeout<F>,
+        route: &'a Route,
+        host: &'a str,
+        after: Duration,
     }
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        source = s.source();
+}
+
+impl<F> Future for Forward<'_, F>
+where
+    F: Future<Output = Result<(Response<Incoming>, LaneGuard), Error>>,
+{
+    type Output = Result<(Response<Incoming>, LaneGuard), ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.head.poll(cx)) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
+                route: this.route.name.to_string(),
+                upstream: (*this.host).to_owned(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                route: this.route.name.to_string(),
+                upstream: (*this.host).to_owned(),
+                after: *this.after,
+            }),
+        })
     }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    parts.join(": ")
 }

@@ -50,8 +50,7 @@ pub(crate) async fn exchange(
         reason,
     };
     // The lane guard lives to the end of this function: past the body read.
-    let (response, _lane) = client.request(req);
-    let resp = tokio::time::timeout(FETCH_TIMEOUT, response)
+    let (resp, _lane) = tokio::time::timeout(FETCH_TIMEOUT, client.send(req))
         .await
         .map_err(timeout)?
         .map_err(|e| unreachable(e.to_string()))?;

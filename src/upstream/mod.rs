@@ -1,15 +1,24 @@
-//! Talking to providers: one pooled HTTP client per trust configuration.
+//! Talking to providers: one upstream client per trust configuration.
 //!
 //! design.md, "Request path" step 4. [`tls`] builds the rustls config (webpki
 //! roots plus optional private CAs, ring as the only crypto provider);
-//! [`client`] wraps hyper-util's pooled client with the connector settings
-//! streaming needs (TCP_NODELAY, timeouts, ALPN h2 and http/1.1). Clients are
-//! cached in [`Clients`] across reloads, so a config change that keeps a
-//! route's trust settings keeps its warm connections. Knows nothing of routes
-//! or credentials.
+//! [`client`] is the client routes and token sources send through, keeping
+//! an [`endpoint`] (the connections to one host: idle HTTP/1.1 connections,
+//! HTTP/2 lanes) per upstream host; `sending` is the (small) future of one
+//! request; [`connect`] opens connections (TCP_NODELAY, connect timeout, ALPN
+//! h2 and http/1.1); [`error`] says what went wrong before a response head. Clients are cached in [`Clients`] across reloads,
+//! so a config change that keeps a route's trust settings keeps its warm
+//! connections. Knows nothing of routes or credentials.
 
 pub(crate) mod client;
+pub(crate) mod connect;
+pub(crate) mod endpoint;
+pub(crate) mod error;
+mod sending;
 pub(crate) mod tls;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,7 +26,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub(crate) use crate::body::UpstreamBody;
-pub(crate) use client::{Client, LaneGuard};
+pub(crate) use client::Client;
+pub(crate) use endpoint::LaneGuard;
+pub(crate) use error::Error;
 use tls::TlsError;
 
 /// What distinguishes one client from another.
@@ -72,7 +83,7 @@ impl Clients {
     }
 
     /// Drops the cache's reference to clients that `in_use` does not hold;
-    /// their pools close once the last request using them ends.
+    /// their connections close once the last request using them ends.
     pub(crate) fn retain(&self, in_use: &[Client]) {
         let mut cache = self
             .cache
