@@ -70,7 +70,7 @@ impl Reader<'_> {
     /// [`Unavailable`] when the variable is unset, the file cannot be read,
     /// or the value is empty or not usable in a header.
     pub(crate) fn read(&self, location: &Location) -> Result<Secret, Unavailable> {
-        let bytes = match location {
+        let mut bytes = match location {
             Location::Env(name) => {
                 let value = self
                     .env
@@ -90,7 +90,8 @@ impl Reader<'_> {
                 return Err(Unavailable::new(location, "is not a stored credential"));
             }
         };
-        Secret::new(bytes.to_vec()).map_err(|e| Unavailable::new(location, e))
+        // Moved, not copied: the secret wipes it on drop.
+        Secret::new(std::mem::take(&mut *bytes)).map_err(|e| Unavailable::new(location, e))
     }
 
     /// Reads a whole credential file that is not a header value (a

@@ -53,13 +53,13 @@ pub(crate) struct Limits {
     pub(crate) rate_limit_rest: Duration,
 }
 
-/// The request, ready to go out but for its credential.
+/// The request head, ready to go out but for its credential (the body is
+/// passed to [`send`], which makes it replayable when a retry may follow).
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) headers: HeaderMap,
-    pub(crate) body: UpstreamBody,
 }
 
 /// The answer passed to the client: its head and body, with the frames
@@ -179,8 +179,8 @@ impl<'a> Exchange<'a> {
         host: &'a str,
         limits: Limits,
         req: Prepared,
-    ) -> (Self, UpstreamBody) {
-        let exchange = Self {
+    ) -> Self {
+        Self {
             route,
             keys,
             host,
@@ -190,8 +190,7 @@ impl<'a> Exchange<'a> {
             headers: req.headers,
             again: Again::Never,
             attempts: 0,
-        };
-        (exchange, req.body)
+        }
     }
 
     /// One attempt: `candidate` (carrying `token` when it is a token

@@ -161,9 +161,8 @@ async fn handle_inner(
         method: parts.method,
         uri: plan.uri,
         headers: parts.headers,
-        body,
     };
-    let (exchange, body) = attempt::Exchange::new(route, plan.keys, &plan.host, limits, prepared);
+    let exchange = attempt::Exchange::new(route, plan.keys, &plan.host, limits, prepared);
     let answer = attempt::send(exchange, candidates, body).await;
     if let Ok(a) = &answer {
         cx.attempts = a.attempts;

@@ -215,21 +215,18 @@ impl Cx<'_> {
                 key.value = prev_key.value.clone();
                 continue;
             }
-            let mut stale = Stale {
+            self.stale.push(Stale {
                 route: rc.name.clone(),
                 label: label.to_owned(),
                 index,
                 location: key.location.to_string(),
                 reason: why.reason.clone(),
                 fingerprint,
-                since: self.now,
-            };
-            stale.since = snap
-                .stale
-                .iter()
-                .find(|s| s.same_credential(&stale))
-                .map_or(self.now, |s| s.since);
-            self.stale.push(stale);
+                // Stale since the first build that could not read it.
+                since: snap
+                    .stale_of(&rc.name, label, index)
+                    .map_or(self.now, |s| s.since),
+            });
             key.value = prev_key.value.clone();
         }
         note_missing(&mut self.problems, rc, label, set);

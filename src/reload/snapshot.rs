@@ -71,10 +71,6 @@ impl Stale {
     pub(crate) fn setting(&self) -> String {
         format!("routes.{}.{}", self.route, self.label)
     }
-
-    pub(super) fn same_credential(&self, other: &Self) -> bool {
-        self.route == other.route && self.label == other.label && self.index == other.index
-    }
 }
 
 impl fmt::Display for Stale {
@@ -113,6 +109,13 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// The stale entry of the `index`-th key of `route`'s setting `label`.
+    pub(crate) fn stale_of(&self, route: &str, label: &str, index: usize) -> Option<&Stale> {
+        self.stale
+            .iter()
+            .find(|s| s.route == route && s.label == label && s.index == index)
+    }
+
     pub(super) fn compute_digest(&self) -> [u8; 32] {
         let mut d = ring::digest::Context::new(&ring::digest::SHA256);
         let mut field = |bytes: &[u8]| {
@@ -174,9 +177,7 @@ impl Snapshot {
                     if matches!(key.value, KeyValue::Dynamic(_) | KeyValue::None) {
                         continue;
                     }
-                    let stale = self.stale.iter().find(|st| {
-                        *st.route == *route.name && st.label == *label && st.index == index
-                    });
+                    let stale = self.stale_of(&route.name, label, index);
                     live.credentials.push(CredentialLive {
                         route: route.name.to_string(),
                         credential: label.clone(),
