@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigSource, Overrides};
 use crate::credentials::{KeySet, KeyValue, Policy};
 use crate::env::Env;
 use crate::files::Direct;
+use crate::providers::Family;
 use crate::reload::Inputs;
 use crate::reload::snapshot::{InboundToken, Snapshot};
 use crate::routes::{Route, Targets};
@@ -163,6 +164,20 @@ fn route_report(route: &Route, out: &mut dyn Write) -> io::Result<()> {
                 )?,
             }
         }
+        Targets::Aws(a) => {
+            writeln!(out, "  upstream  {}", a.upstream)?;
+            match &a.signer {
+                Some(s) => writeln!(
+                    out,
+                    "  signs     SigV4, service {}, region {}",
+                    s.service, s.region
+                )?,
+                None => writeln!(
+                    out,
+                    "  signs     nothing: a Bedrock API key (Authorization: Bearer)"
+                )?,
+            }
+        }
         Targets::Unsupported(reason) => {
             writeln!(out, "  answers 501: {reason}")?;
             return Ok(());
@@ -170,8 +185,12 @@ fn route_report(route: &Route, out: &mut dyn Write) -> io::Result<()> {
     }
     writeln!(out, "  auth      {}", route.spec.auth.describe())?;
     writeln!(out, "  rejected  {}", route.spec.rejects.describe())?;
+    let minted = match route.spec.family {
+        Family::Aws => "credentials",
+        _ => "tokens",
+    };
     for (label, keys) in route.key_sets() {
-        keys_report(&label, keys, out)?;
+        keys_report(&label, keys, minted, out)?;
     }
     for (name, value) in route.spec.default_headers {
         writeln!(
@@ -186,7 +205,8 @@ fn route_report(route: &Route, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-fn keys_report(label: &str, keys: &KeySet, out: &mut dyn Write) -> io::Result<()> {
+/// `minted`: what a token source gives (`tokens`, or AWS `credentials`).
+fn keys_report(label: &str, keys: &KeySet, minted: &str, out: &mut dyn Write) -> io::Result<()> {
     for (i, key) in keys.keys.iter().enumerate() {
         let role = match (keys.policy, i) {
             (Policy::Single, _) => label.to_owned(),
@@ -196,7 +216,7 @@ fn keys_report(label: &str, keys: &KeySet, out: &mut dyn Write) -> io::Result<()
         };
         let state = match &key.value {
             KeyValue::Static { fingerprint, .. } => fingerprint.to_string(),
-            KeyValue::Token { cache, .. } => format!("tokens from {}", cache.source().describe()),
+            KeyValue::Token { cache, .. } => format!("{minted} from {}", cache.source().describe()),
             KeyValue::Dynamic(name) => format!("from request header {}", name.header()),
             KeyValue::None => "no credential sent".to_owned(),
             KeyValue::Missing(why) => format!("MISSING: {}", why.reason),

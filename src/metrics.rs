@@ -16,7 +16,8 @@
 //! - `sidekey_credential_failovers_total{route,reason}` counter,
 //!   `sidekey_credential_keys_rested{route}` gauge
 //! - `sidekey_token_refreshes_total{route,result}` counter,
-//!   `sidekey_token_expiry_timestamp_seconds{route,credential}` gauge
+//!   `sidekey_token_expiry_timestamp_seconds{route,credential}` gauge,
+//!   `sidekey_token_source_info{route,credential,source}`
 //! - `sidekey_reloads_total{result}` counter, `sidekey_reload_duration_seconds` histogram,
 //!   `sidekey_last_reload_success_timestamp_seconds` gauge
 //! - `sidekey_credential_info{route,credential,location,fingerprint}` gauge (1),
@@ -187,13 +188,25 @@ impl Default for Metrics {
     }
 }
 
+/// A token source as `/metrics` shows it.
+#[derive(Debug)]
+pub(crate) struct TokenLive {
+    pub(crate) route: String,
+    /// The credential's location.
+    pub(crate) credential: String,
+    /// What kind of source mints it (`web-identity`, `service-account`, ...).
+    pub(crate) source: &'static str,
+    /// Unix time the current credential expires; 0 without one.
+    pub(crate) expiry: u64,
+}
+
 /// Values read from the current snapshot when `/metrics` is scraped.
 #[derive(Debug, Default)]
 pub(crate) struct Live {
     /// Keys resting now, per route.
     pub(crate) rested: Vec<(String, usize)>,
-    /// (route, credential location, Unix expiry) of each token source.
-    pub(crate) token_expiry: Vec<(String, String, u64)>,
+    /// Each token source.
+    pub(crate) tokens: Vec<TokenLive>,
     /// Every credential read from a location.
     pub(crate) credentials: Vec<CredentialLive>,
     /// How long the config on disk has not been the one served (0: it is).
@@ -279,7 +292,7 @@ impl Metrics {
         };
         render_requests(&mut out, &routes);
         render_failovers(&mut out, &routes, &live.rested);
-        render_tokens(&mut out, &routes, &live.token_expiry);
+        render_tokens(&mut out, &routes, &live.tokens);
         render_credentials(&mut out, live);
         self.render_reloads(&mut out);
         out.push_str("# HELP sidekey_build_info The running version.\n");
@@ -399,9 +412,9 @@ fn render_failovers(out: &mut String, routes: &[Arc<RouteMetrics>], rested: &[(S
     }
 }
 
-/// Token requests by result, and each token's expiry.
-fn render_tokens(out: &mut String, routes: &[Arc<RouteMetrics>], expiry: &[(String, String, u64)]) {
-    out.push_str("# HELP sidekey_token_refreshes_total Access token requests (Vertex), by route and result.\n");
+/// Token requests by result, and each token's source and expiry.
+fn render_tokens(out: &mut String, routes: &[Arc<RouteMetrics>], tokens: &[TokenLive]) {
+    out.push_str("# HELP sidekey_token_refreshes_total Minted credential requests (Vertex access tokens, AWS temporary credentials), by route and result.\n");
     out.push_str("# TYPE sidekey_token_refreshes_total counter\n");
     counters(
         out,
@@ -410,13 +423,26 @@ fn render_tokens(out: &mut String, routes: &[Arc<RouteMetrics>], expiry: &[(Stri
         routes,
         |m| [("ok", &m.tokens_ok), ("error", &m.tokens_error)],
     );
-    out.push_str("# HELP sidekey_token_expiry_timestamp_seconds Unix time the current access token expires (0: no valid token), by route and credential.\n");
+    out.push_str("# HELP sidekey_token_expiry_timestamp_seconds Unix time the current minted credential expires (0: none valid), by route and credential.\n");
     out.push_str("# TYPE sidekey_token_expiry_timestamp_seconds gauge\n");
-    for (route, credential, expiry) in expiry {
+    for t in tokens {
         let _ = writeln!(
             out,
-            "sidekey_token_expiry_timestamp_seconds{{route=\"{route}\",credential=\"{}\"}} {expiry}",
-            label(credential)
+            "sidekey_token_expiry_timestamp_seconds{{route=\"{}\",credential=\"{}\"}} {}",
+            t.route,
+            label(&t.credential),
+            t.expiry
+        );
+    }
+    out.push_str("# HELP sidekey_token_source_info The kind of source each minted credential comes from (1 per credential).\n");
+    out.push_str("# TYPE sidekey_token_source_info gauge\n");
+    for t in tokens {
+        let _ = writeln!(
+            out,
+            "sidekey_token_source_info{{route=\"{}\",credential=\"{}\",source=\"{}\"}} 1",
+            t.route,
+            label(&t.credential),
+            t.source
         );
     }
 }
@@ -470,7 +496,12 @@ mod tests {
         r.observe(StatusCode::BAD_GATEWAY, Duration::from_millis(1));
         let live = Live {
             rested: vec![("openai".to_owned(), 1)],
-            token_expiry: vec![("vertex".to_owned(), "path::/sa.json".to_owned(), 42)],
+            tokens: vec![TokenLive {
+                route: "vertex".to_owned(),
+                credential: "path::/sa.json".to_owned(),
+                source: "service-account",
+                expiry: 42,
+            }],
             credentials: vec![CredentialLive {
                 route: "openai".to_owned(),
                 credential: "key".to_owned(),
@@ -499,6 +530,7 @@ mod tests {
         assert!(text.contains("sidekey_request_duration_seconds_count{route=\"openai\"} 3"));
         assert!(text.contains("sidekey_credential_keys_rested{route=\"openai\"} 1"));
         assert!(text.contains("sidekey_token_expiry_timestamp_seconds{route=\"vertex\",credential=\"path::/sa.json\"} 42"));
+        assert!(text.contains("sidekey_token_source_info{route=\"vertex\",credential=\"path::/sa.json\",source=\"service-account\"} 1"));
         assert!(text.contains("sidekey_credential_info{route=\"openai\",credential=\"key\",location=\"path::/k\\\"ey\",fingerprint=\"sha256:1f2e3d4c\"} 1"), "{text}");
         assert!(text.contains("sidekey_credential_stale_seconds{route=\"openai\",credential=\"key\",location=\"path::/k\\\"ey\"} 1.500"));
         assert!(text.contains("sidekey_config_stale_seconds 0.000"));

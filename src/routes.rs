@@ -38,6 +38,8 @@ pub(crate) enum Targets {
     },
     /// Vertex AI: OAuth2 tokens, host and path from location and project.
     Vertex(crate::providers::vertex::VertexTarget),
+    /// Bedrock and SageMaker: SigV4 with AWS credentials, or a Bedrock API key.
+    Aws(crate::providers::aws::AwsTarget),
     /// A provider type this build cannot serve yet (501 with the reason).
     Unsupported(&'static str),
 }
@@ -90,6 +92,8 @@ impl Route {
                 }
             }
             Targets::Vertex(v) => out.push(("credentials".to_owned(), &v.keys)),
+            Targets::Aws(a) if a.signer.is_some() => out.push(("credentials".to_owned(), &a.keys)),
+            Targets::Aws(a) => out.push(("key".to_owned(), &a.keys)),
             Targets::Unsupported(_) => {}
         }
         for (name, keys) in self.headers.iter() {

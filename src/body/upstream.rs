@@ -35,6 +35,14 @@ impl UpstreamBody {
         Self::Buffered { bytes: Some(bytes) }
     }
 
+    /// The bytes of a buffered body not yet sent; `None` for a stream.
+    pub(crate) fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Self::Buffered { bytes } => Some(bytes.as_deref().unwrap_or(&[])),
+            Self::Stream { .. } | Self::Replay { .. } => None,
+        }
+    }
+
     /// A replayable attempt.
     pub(crate) fn replay(body: ReplayBody) -> Self {
         Self::Replay { body }

@@ -121,6 +121,14 @@ impl Cx<'_> {
             KeyToml::One(s) => (Policy::Single, vec![s]),
             KeyToml::Fallback { default, fallback } => (Policy::Fallback, vec![default, fallback]),
             KeyToml::Pool(p) => (Policy::Pool, p.iter().collect()),
+            KeyToml::AwsKeys { .. } => {
+                return Err(self.at(
+                    v,
+                    key,
+                    "`{ access_key_id, secret_access_key, session_token }` is only valid as \
+                     `credentials` of a bedrock or sagemaker route",
+                ));
+            }
         };
         let locations = texts
             .into_iter()

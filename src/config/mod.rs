@@ -46,7 +46,7 @@ use error::redact_quoted;
 use raw::ConfigToml;
 
 pub use error::ConfigError;
-pub(crate) use route::{RouteConfig, VertexConfig};
+pub(crate) use route::{AwsAuth, RouteConfig, VertexConfig};
 pub(crate) use settings::{KeysSettings, Limits, ReloadSettings, ShutdownSettings};
 
 /// The proxy port when the config names none: loopback only.
@@ -264,7 +264,7 @@ impl Cx<'_> {
                 let loc = self.location(v.get_ref(), v, "inbound_token")?;
                 if matches!(
                     loc,
-                    Location::None | Location::Dynamic(_) | Location::Metadata
+                    Location::None | Location::Dynamic(_) | Location::Metadata | Location::AwsChain
                 ) {
                     return Err(self.at(
                         v,

@@ -158,12 +158,21 @@ pub(crate) struct ProviderDefaultsToml {
     pub(crate) credentials: Option<Spanned<KeyToml>>,
 }
 
-/// A credential setting: one location, `{ default, fallback }`, or a pool.
+/// A credential setting: one location, `{ default, fallback }`, or a pool;
+/// or, for AWS routes, `{ access_key_id, secret_access_key, session_token }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyToml {
     One(String),
-    Fallback { default: String, fallback: String },
+    Fallback {
+        default: String,
+        fallback: String,
+    },
     Pool(Vec<String>),
+    AwsKeys {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    },
 }
 
 impl<'de> Deserialize<'de> for KeyToml {
@@ -200,20 +209,45 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyToml, A::Error> {
-        let (mut default, mut fallback) = (None, None);
+        const FIELDS: &[&str] = &[
+            "default",
+            "fallback",
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+        ];
+        let mut fields: [Option<String>; 5] = Default::default();
         while let Some(k) = map.next_key::<String>()? {
-            match k.as_str() {
-                "default" => default = Some(map.next_value::<String>()?),
-                "fallback" => fallback = Some(map.next_value::<String>()?),
-                other => {
-                    return Err(de::Error::unknown_field(other, &["default", "fallback"]));
-                }
+            let Some(i) = FIELDS.iter().position(|f| *f == k) else {
+                return Err(de::Error::unknown_field(&k, FIELDS));
+            };
+            if let Some(slot) = fields.get_mut(i) {
+                *slot = Some(map.next_value::<String>()?);
             }
         }
-        match (default, fallback) {
-            (Some(default), Some(fallback)) => Ok(KeyToml::Fallback { default, fallback }),
-            (Some(default), None) => Ok(KeyToml::One(default)),
-            (None, _) => Err(de::Error::missing_field("default")),
+        match fields {
+            [Some(default), Some(fallback), None, None, None] => {
+                Ok(KeyToml::Fallback { default, fallback })
+            }
+            [Some(default), None, None, None, None] => Ok(KeyToml::One(default)),
+            [
+                None,
+                None,
+                Some(access_key_id),
+                Some(secret_access_key),
+                session_token,
+            ] => Ok(KeyToml::AwsKeys {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            }),
+            [None, None, None, None, None] => Err(de::Error::missing_field("default")),
+            [None, None, None, _, _] => Err(de::Error::missing_field("access_key_id")),
+            [None, None, Some(_), None, _] => Err(de::Error::missing_field("secret_access_key")),
+            [None, ..] => Err(de::Error::missing_field("default")),
+            [Some(_), ..] => Err(de::Error::custom(
+                "`{ default, fallback }` and AWS keys cannot be mixed",
+            )),
         }
     }
 }

@@ -5,9 +5,9 @@
 //! named steps, in this order (the first problem is the one reported): its
 //! name, its type, keys that only some families take, the upstream, the
 //! credential (`key`, or the type's default), Azure deployments, Vertex
-//! settings, extra credential headers and the model allowlist. AWS routes
-//! only carry their `region` through. What each family does with its
-//! settings at request time is `providers`' business.
+//! settings, AWS settings, extra credential headers and the model
+//! allowlist. What each family does with its settings at request time is
+//! `providers`' business.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use super::cx::Cx;
 use super::error::ConfigError;
-use super::raw::{ProviderTypeToml, RouteToml};
+use super::raw::{KeyToml, ProviderTypeToml, RouteToml};
 use crate::credentials::{KeySpec, Location};
 use crate::headers;
 use crate::providers::{Family, ProviderType, Spec};
@@ -40,6 +40,51 @@ pub(crate) struct VertexConfig {
     pub(crate) location: Option<String>,
 }
 
+/// AWS settings (`region`, `credentials`, or a Bedrock API key in `key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AwsConfig {
+    /// `None`: `AWS_REGION`, then `AWS_DEFAULT_REGION`, read when the
+    /// snapshot is built.
+    pub(crate) region: Option<String>,
+    pub(crate) auth: AwsAuth,
+}
+
+/// How an AWS route authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AwsAuth {
+    /// SigV4 with the AWS SDKs' credential chain, from the environment.
+    Chain,
+    /// SigV4 with keys read from locations (hot-reloaded like any key).
+    Keys {
+        access_key_id: Location,
+        secret_access_key: Location,
+        session_token: Option<Location>,
+    },
+    /// A Bedrock API key (the route's `key`): `Authorization: Bearer`, unsigned.
+    ApiKey,
+}
+
+impl AwsAuth {
+    /// The locations of [`AwsAuth::Keys`], in order.
+    pub(crate) fn locations(&self) -> Vec<&Location> {
+        match self {
+            Self::Keys {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => [
+                Some(access_key_id),
+                Some(secret_access_key),
+                session_token.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            Self::Chain | Self::ApiKey => Vec::new(),
+        }
+    }
+}
+
 /// A validated route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RouteConfig {
@@ -56,7 +101,7 @@ pub(crate) struct RouteConfig {
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) deployments: Vec<DeploymentConfig>,
     pub(crate) vertex: Option<VertexConfig>,
-    pub(crate) region: Option<String>,
+    pub(crate) aws: Option<AwsConfig>,
     /// Whether a missing credential makes `/readyz` fail. False for the
     /// built-in default's routes, which exist for convenience.
     pub(crate) required: bool,
@@ -80,6 +125,13 @@ impl Cx<'_> {
             let ty = self.provider_type(name, v, &key)?;
             let d = &v.get_ref().defaults;
             let (field, setting) = match (ty.spec().family, &d.key, &d.credentials) {
+                (Family::Aws, Some(k), _) | (Family::Aws, None, Some(k)) => {
+                    return Err(self.at(
+                        k,
+                        &format!("{key}.defaults"),
+                        "AWS routes take no type-wide default: they use the AWS credential chain unless a route sets `credentials` or `key`",
+                    ));
+                }
                 (Family::Vertex, None, Some(c)) => ("credentials", c),
                 (Family::Vertex, Some(k), _) => {
                     return Err(self.at(
@@ -150,6 +202,7 @@ impl Cx<'_> {
         let key = route.key(type_defaults)?;
         let deployments = route.deployments(&key, upstream.is_some())?;
         let vertex = route.vertex(type_defaults)?;
+        let aws = route.aws()?;
         let headers = route.headers()?;
         route.models()?;
         Ok(RouteConfig {
@@ -162,7 +215,7 @@ impl Cx<'_> {
             ca_file: r.ca_file.as_ref().map(|c| self.path(c)),
             deployments,
             vertex,
-            region: r.region.as_ref().map(|r| r.get_ref().clone()),
+            aws,
             required,
         })
     }
@@ -214,18 +267,12 @@ impl RouteCx<'_> {
         let (r, family) = (self.raw(), self.spec.family);
         let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span);
         // (the family the key belongs to, where it is set, key, types named)
-        let misplaced: [(Family, Option<Range<usize>>, &str, &str); 5] = [
+        let misplaced: [(Family, Option<Range<usize>>, &str, &str); 4] = [
             (
                 Family::Azure,
                 (!r.deployments.is_empty()).then(|| self.v.span()),
                 "deployments",
                 "azure",
-            ),
-            (
-                Family::Vertex,
-                r.credentials.as_ref().map(Spanned::span),
-                "credentials",
-                "vertex",
             ),
             (Family::Vertex, span(&r.project), "project", "vertex"),
             (Family::Vertex, span(&r.location), "location", "vertex"),
@@ -236,6 +283,13 @@ impl RouteCx<'_> {
                 "bedrock and sagemaker",
             ),
         ];
+        if let (Family::ApiKey | Family::Azure, Some(c)) = (family, &r.credentials) {
+            return Err(self.at(
+                c,
+                "credentials",
+                "`credentials` is only valid for vertex, bedrock and sagemaker routes",
+            ));
+        }
         for (owner, span, field, types) in misplaced {
             if let (true, Some(span)) = (family != owner, span) {
                 return Err(self.cx.error(
@@ -304,13 +358,73 @@ impl RouteCx<'_> {
         }
     }
 
-    /// `key` (`none` for vertex, whose credential is `credentials`).
+    /// `key` (`none` for vertex, whose credential is `credentials`, and for
+    /// AWS routes that sign).
     fn key(&self, type_defaults: &TypeDefaults) -> Result<KeySpec, ConfigError> {
         match &self.raw().key {
             Some(key) => self.cx.key_spec(key, &self.key_name("key"), false),
-            None if self.spec.family == Family::Vertex => Ok(KeySpec::single(Location::None)),
+            None if matches!(self.spec.family, Family::Vertex | Family::Aws) => {
+                Ok(KeySpec::single(Location::None))
+            }
             None => self.default_key(type_defaults, "key"),
         }
+    }
+
+    /// AWS `region` and `credentials` (or `key`, a Bedrock API key); `None`
+    /// for other families.
+    fn aws(&self) -> Result<Option<AwsConfig>, ConfigError> {
+        if self.spec.family != Family::Aws {
+            return Ok(None);
+        }
+        let r = self.raw();
+        if let Some(region) = &r.region {
+            self.host_ident(Some(region), "region", &[])?;
+        }
+        let auth = match (&r.key, &r.credentials) {
+            (Some(key), Some(_)) => {
+                return Err(self.at(key, "key", "set `key` (a Bedrock API key) or `credentials` (AWS keys to sign with), not both"));
+            }
+            (Some(key), None) if self.ty != ProviderType::Bedrock => {
+                return Err(self.at(key, "key", "API keys are a Bedrock feature: sagemaker routes sign with `credentials` or the AWS credential chain"));
+            }
+            (Some(_), None) => AwsAuth::ApiKey,
+            (None, None) => AwsAuth::Chain,
+            (None, Some(c)) => self.aws_keys(c)?,
+        };
+        Ok(Some(AwsConfig {
+            region: r.region.as_ref().map(|v| v.get_ref().clone()),
+            auth,
+        }))
+    }
+
+    /// `credentials = { access_key_id, secret_access_key, session_token }`.
+    fn aws_keys(&self, c: &Spanned<KeyToml>) -> Result<AwsAuth, ConfigError> {
+        let KeyToml::AwsKeys {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } = c.get_ref()
+        else {
+            return Err(self.at(c, "credentials", "AWS routes take `credentials = { access_key_id = \"path::...\", secret_access_key = \"path::...\", session_token = \"path::...\" }` (session_token optional), or no `credentials` for the AWS credential chain"));
+        };
+        let location = |text: &str, field: &str| {
+            let key = self.key_name(&format!("credentials.{field}"));
+            let loc = self.cx.location(text, c, &key)?;
+            match loc {
+                Location::Env(_) | Location::Path(_) | Location::PathFromEnv(_) => Ok(loc),
+                _ => Err(self
+                    .cx
+                    .at(c, &key, "must be env::, path:: or path_from_env::")),
+            }
+        };
+        Ok(AwsAuth::Keys {
+            access_key_id: location(access_key_id, "access_key_id")?,
+            secret_access_key: location(secret_access_key, "secret_access_key")?,
+            session_token: session_token
+                .as_deref()
+                .map(|t| location(t, "session_token"))
+                .transpose()?,
+        })
     }
 
     /// Azure `deployments`: an endpoint each, and a key defaulting to the
@@ -349,8 +463,8 @@ impl RouteCx<'_> {
             return Ok(None);
         }
         let r = self.raw();
-        self.vertex_ident(r.location.as_ref(), "location", &[])?;
-        self.vertex_ident(r.project.as_ref(), "project", &['.', ':'])?;
+        self.host_ident(r.location.as_ref(), "location", &[])?;
+        self.host_ident(r.project.as_ref(), "project", &['.', ':'])?;
         Ok(Some(VertexConfig {
             credentials: match &r.credentials {
                 Some(c) => self.cx.key_spec(c, &self.key_name("credentials"), true)?,
@@ -361,10 +475,10 @@ impl RouteCx<'_> {
         }))
     }
 
-    /// A Vertex `project` or `location` is spliced into the host name and
-    /// the path: checked here, so a typo is a config error and not a 400
-    /// blaming the client.
-    fn vertex_ident(
+    /// A Vertex `project` or `location`, or an AWS `region`, is spliced into
+    /// a host name or the path: checked here, so a typo is a config error
+    /// and not a 400 blaming the client.
+    fn host_ident(
         &self,
         v: Option<&Spanned<String>>,
         field: &str,
@@ -406,7 +520,10 @@ impl RouteCx<'_> {
                 ));
             }
             let location = self.cx.location(loc.get_ref(), loc, &key)?;
-            if matches!(location, Location::None | Location::Metadata) {
+            if matches!(
+                location,
+                Location::None | Location::Metadata | Location::AwsChain
+            ) {
                 return Err(self.cx.at(
                     loc,
                     &key,

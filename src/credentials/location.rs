@@ -29,6 +29,9 @@ pub(crate) enum Location {
     None,
     /// `metadata`: the GKE metadata server (Vertex routes only).
     Metadata,
+    /// The AWS SDKs' credential chain (an AWS route without `credentials`
+    /// or `key`). Never written in a config: shown as `aws-chain`.
+    AwsChain,
 }
 
 /// The name in `dynamic::NAME` together with its prepared header name.
@@ -140,6 +143,7 @@ impl fmt::Display for Location {
             Self::Dynamic(d) => write!(f, "dynamic::{}", d.name),
             Self::None => f.write_str("none"),
             Self::Metadata => f.write_str("metadata"),
+            Self::AwsChain => f.write_str("aws-chain"),
         }
     }
 }

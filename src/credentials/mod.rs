@@ -10,6 +10,7 @@
 //!   clones it, or a token source handed to `crate::tokens`), and
 //!   [`KeySet::candidates`] (`candidates.rs`) orders the keys a request tries.
 
+mod aws;
 mod candidates;
 pub(crate) mod location;
 pub(crate) mod pool;
@@ -25,6 +26,8 @@ pub(crate) use crate::secret::{Fingerprint, Secret};
 pub(crate) use location::{DYNAMIC_HEADER_PREFIX, Location};
 
 use crate::tokens::TokenCache;
+use crate::tokens::aws::AwsKeys;
+pub(crate) use aws::AwsSource;
 use pool::{Cursor, HealthRegistry, KeyHealth};
 use resolve::Unavailable;
 pub(crate) use value::Minting;
@@ -156,17 +159,28 @@ pub(crate) enum Chosen<'a> {
     },
     /// A complete header value (a minted token, `Bearer ...`).
     Minted(HeaderValue),
+    /// AWS keys a token source minted: the request is signed with them.
+    Signed {
+        keys: Arc<AwsKeys>,
+        fingerprint: Fingerprint,
+    },
     /// Send no credential.
     Nothing,
 }
 
 impl Chosen<'_> {
+    /// Whether a fresh credential can differ from this one (a token source
+    /// that mints anew).
+    pub(crate) fn renews(&self) -> bool {
+        matches!(self, Self::Token { cache, .. } if cache.source().renews())
+    }
+
     /// What to log about the credential: a fingerprint, never the value.
     pub(crate) fn fingerprint(&self) -> Option<Fingerprint> {
         match self {
-            Self::Static { fingerprint, .. } | Self::Token { fingerprint, .. } => {
-                Some(*fingerprint)
-            }
+            Self::Static { fingerprint, .. }
+            | Self::Token { fingerprint, .. }
+            | Self::Signed { fingerprint, .. } => Some(*fingerprint),
             Self::Dynamic(v) | Self::Minted(v) => Some(Fingerprint::of(v.as_bytes())),
             Self::Nothing => None,
         }
@@ -300,6 +314,7 @@ mod tests {
             Chosen::Static { header, .. } => header.to_str().unwrap().to_owned(),
             Chosen::Dynamic(v) | Chosen::Minted(v) => v.to_str().unwrap().to_owned(),
             Chosen::Token { .. } => "token".to_owned(),
+            Chosen::Signed { .. } => "signed".to_owned(),
             Chosen::Nothing => "-".to_owned(),
         }
     }

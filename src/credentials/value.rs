@@ -87,10 +87,10 @@ fn stored(
 }
 
 /// A token source, identified by its content (digest) and fingerprinted.
-struct Found {
-    source: Arc<dyn Mint>,
-    fingerprint: Fingerprint,
-    digest: [u8; 32],
+pub(super) struct Found {
+    pub(super) source: Arc<dyn Mint>,
+    pub(super) fingerprint: Fingerprint,
+    pub(super) digest: [u8; 32],
 }
 
 fn token_source(
@@ -103,6 +103,8 @@ fn token_source(
         Location::None => return KeyValue::None,
         Location::Dynamic(name) => return KeyValue::Dynamic(name.clone()),
         Location::Metadata => Ok(metadata_server(reader)),
+        // Config validation keeps the AWS chain to AWS routes.
+        Location::AwsChain => Err(Unavailable::reason(location, "not a Vertex credential")),
         Location::Env(var) | Location::PathFromEnv(var) => match reader.env.var(var) {
             Some(path) => service_account(reader, location, Path::new(&path)),
             None => Err(Unavailable::reason(
@@ -112,14 +114,20 @@ fn token_source(
         },
         Location::Path(path) => service_account(reader, location, path),
     };
+    match found {
+        Ok(found) => cached(found, scope, minting),
+        Err(why) => KeyValue::Missing(why),
+    }
+}
+
+/// The token cache for `found` (kept from an earlier snapshot when the
+/// source is the same), as a key's value.
+pub(super) fn cached(found: Found, scope: &HealthScope<'_>, minting: Minting<'_>) -> KeyValue {
     let Found {
         source,
         fingerprint,
         digest,
-    } = match found {
-        Ok(found) => found,
-        Err(why) => return KeyValue::Missing(why),
-    };
+    } = found;
     let cache = minting
         .registry
         .get(scope.route, scope.label, digest, minting.client, || {

@@ -31,8 +31,9 @@ pub(crate) fn inject(spec: &Spec, headers: &mut HeaderMap, chosen: Chosen<'_>) {
             headers.insert(auth.header(), value);
         }
         // The fallback loop turns a token source into `Minted` first; an
-        // unresolved one sends nothing rather than guessing.
-        Chosen::Token { .. } | Chosen::Nothing => {}
+        // unresolved one sends nothing rather than guessing. AWS keys sign
+        // the finished request instead (`super::aws`).
+        Chosen::Token { .. } | Chosen::Signed { .. } | Chosen::Nothing => {}
     }
     for (name, value) in spec.default_headers {
         if !headers.contains_key(name) {

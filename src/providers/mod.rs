@@ -12,6 +12,7 @@
 //! paths onto Vertex hosts; [`classify`] reads an answer into a [`Verdict`].
 
 pub(crate) mod api_key;
+pub(crate) mod aws;
 pub(crate) mod azure;
 pub(crate) mod classify;
 pub(crate) mod vertex;
@@ -70,7 +71,8 @@ pub(crate) enum Family {
     /// OAuth2 access tokens minted from a service account or the GKE
     /// metadata server ([`crate::tokens`]).
     Vertex,
-    /// SigV4-signed requests (not yet supported: 501).
+    /// SigV4-signed requests with AWS credentials ([`aws`]), or a Bedrock
+    /// API key.
     Aws,
 }
 
@@ -118,8 +120,9 @@ pub(crate) struct Spec {
     pub(crate) model_in: ModelIn,
     /// Headers added when the client sent none (the client's value is kept).
     pub(crate) default_headers: &'static [(HeaderName, HeaderValue)],
-    /// A rejected minted credential (an access token) is refreshed and the
-    /// request retried once with the same source before any fallback.
+    /// A rejected minted credential (an access token, temporary AWS keys)
+    /// is refreshed and the request retried once with the same source
+    /// before any fallback.
     pub(crate) refresh_on_reject: bool,
 }
 
@@ -228,7 +231,7 @@ pub(crate) static SPECS: [Spec; 19] = [
         rejects: Rejects::Aws,
         model_in: ModelIn::PathModelSegment,
         default_headers: NO_HEADERS,
-        refresh_on_reject: false,
+        refresh_on_reject: true,
     },
     Spec {
         ty: P::Sagemaker,
@@ -242,7 +245,7 @@ pub(crate) static SPECS: [Spec; 19] = [
         rejects: Rejects::Aws,
         model_in: ModelIn::JsonBody,
         default_headers: NO_HEADERS,
-        refresh_on_reject: false,
+        refresh_on_reject: true,
     },
     bearer(
         P::Deepseek,

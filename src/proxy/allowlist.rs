@@ -49,7 +49,7 @@ pub(crate) async fn check(
             UpstreamBody::stream(body),
         ),
         ModelIn::PathModelSegment => (
-            model_segment(rest).map(str::to_owned),
+            model_segment(rest).map(Cow::into_owned),
             UpstreamBody::stream(body),
         ),
         ModelIn::AzureDeployment => (deployment.map(str::to_owned), UpstreamBody::stream(body)),
@@ -106,6 +106,26 @@ pub(crate) async fn read_body(
     }
 }
 
+/// `body` in memory (SigV4 signs a hash of it): as it is when the allowlist
+/// already read it, else read now under the same bound.
+///
+/// # Errors
+///
+/// As [`read_body`].
+pub(crate) async fn in_memory(
+    route: &Route,
+    headers: &HeaderMap,
+    body: UpstreamBody,
+    limit: u64,
+) -> Result<UpstreamBody, ProxyError> {
+    match body {
+        UpstreamBody::Stream { body } => Ok(UpstreamBody::buffered(
+            read_body(route, headers, body, limit).await?,
+        )),
+        other => Ok(other),
+    }
+}
+
 /// The `model` of a JSON object body.
 fn model_from_json(bytes: &[u8]) -> Option<Cow<'_, str>> {
     #[derive(serde::Deserialize)]
@@ -125,11 +145,36 @@ fn models_segment(rest: &str) -> Option<&str> {
     (!model.is_empty()).then_some(model)
 }
 
-/// `/model/{model}/...` (Bedrock).
-fn model_segment(rest: &str) -> Option<&str> {
+/// `/model/{model}/...` (Bedrock), percent-decoded: SDKs send
+/// `anthropic.claude-v2%3A1` and URL-encoded ARNs, while the allowlist
+/// names `anthropic.claude-v2:1` and `arn:aws:bedrock:...`.
+fn model_segment(rest: &str) -> Option<Cow<'_, str>> {
     let mut segments = rest.split('/');
     segments.find(|s| *s == "model")?;
-    segments.next().filter(|m| !m.is_empty())
+    let raw = segments.next().filter(|m| !m.is_empty())?;
+    percent_decode(raw)
+}
+
+/// `%XX` escapes decoded; `None` when they are malformed or not UTF-8 (such
+/// a model is never on a list).
+fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
+    if !text.contains('%') {
+        return Some(Cow::Borrowed(text));
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]
@@ -150,8 +195,20 @@ mod tests {
         );
         assert_eq!(models_segment("/v1beta/models"), None);
         assert_eq!(
-            model_segment("/model/anthropic.claude-v2/invoke"),
+            model_segment("/model/anthropic.claude-v2/invoke").as_deref(),
             Some("anthropic.claude-v2")
         );
+        assert_eq!(
+            model_segment("/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse").as_deref(),
+            Some("anthropic.claude-3-haiku-20240307-v1:0")
+        );
+        assert_eq!(
+            model_segment(
+                "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123%3Ainference-profile%2Fus.x/invoke"
+            )
+            .as_deref(),
+            Some("arn:aws:bedrock:us-east-1:123:inference-profile/us.x")
+        );
+        assert_eq!(model_segment("/model/bad%zz/invoke"), None);
     }
 }

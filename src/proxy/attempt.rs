@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri};
@@ -30,9 +30,10 @@ use crate::body::UpstreamBody;
 use crate::body::replay::{Replay, ReplayBody};
 use crate::credentials::{Candidate, Chosen, Fingerprint, KeySet, NoCredential, Policy};
 use crate::error::ProxyError;
+use crate::providers::aws::SigV4;
 use crate::providers::{self, Verdict};
 use crate::routes::Route;
-use crate::tokens::{Token, TokenError};
+use crate::tokens::{Credential, Token, TokenError};
 use crate::upstream::LaneGuard;
 
 /// How much of an error answer is read to classify it.
@@ -89,6 +90,8 @@ pub(crate) struct Exchange<'a> {
     /// The upstream host, for errors.
     pub(crate) host: &'a str,
     pub(crate) limits: Limits,
+    /// Signs each attempt (AWS routes that sign; not a Bedrock API key).
+    signer: Option<&'a SigV4>,
     method: Method,
     uri: Uri,
     /// Taken by the last attempt; copied by the ones before it.
@@ -121,7 +124,7 @@ pub(crate) async fn send(
                 continue;
             }
         };
-        let mut refresh_left = refreshes && token.is_some();
+        let mut refresh_left = refreshes && token.is_some() && candidate.chosen.renews();
         loop {
             let more = refresh_left || candidates.peek().is_some();
             let tried = x.attempt(&candidate, token.as_ref(), body, more).await?;
@@ -178,6 +181,7 @@ impl<'a> Exchange<'a> {
         keys: &'a KeySet,
         host: &'a str,
         limits: Limits,
+        signer: Option<&'a SigV4>,
         req: Prepared,
     ) -> Self {
         Self {
@@ -185,6 +189,7 @@ impl<'a> Exchange<'a> {
             keys,
             host,
             limits,
+            signer,
             method: req.method,
             uri: req.uri,
             headers: req.headers,
@@ -205,7 +210,13 @@ impl<'a> Exchange<'a> {
     ) -> Result<Tried, ProxyError> {
         self.attempts = self.attempts.saturating_add(1);
         let chosen = match (&candidate.chosen, token) {
-            (Chosen::Token { .. }, Some(t)) => Chosen::Minted(t.header.clone()),
+            (Chosen::Token { .. }, Some(t)) => match &t.credential {
+                Credential::Header(h) => Chosen::Minted(h.clone()),
+                Credential::Aws(keys) => Chosen::Signed {
+                    keys: keys.clone(),
+                    fingerprint: t.fingerprint,
+                },
+            },
             (other, _) => other.clone(),
         };
         let mut headers = if more && self.again.possible() {
@@ -213,11 +224,20 @@ impl<'a> Exchange<'a> {
         } else {
             std::mem::take(&mut self.headers)
         };
+        let signing = match &chosen {
+            Chosen::Signed { keys, .. } => self.signer.map(|s| (s, keys.clone())),
+            _ => None,
+        };
         providers::api_key::inject(self.route.spec, &mut headers, chosen);
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = headers;
+        if let Some((signer, keys)) = signing {
+            signer
+                .sign(&mut req, &keys, SystemTime::now())
+                .map_err(|e| ProxyError::Internal(format!("route {}: {e}", self.route.name)))?;
+        }
         let timeout = self.limits.request_timeout;
         let (mut response, lane) =
             super::forward::send(self.route, self.host, req, timeout).await?;

@@ -36,6 +36,7 @@ use tracing::Instrument as _;
 use crate::credentials::{Chosen, Fingerprint, KeySet};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
+use crate::providers::aws::SigV4;
 use crate::providers::azure;
 use crate::reload::{Shared, Snapshot};
 use crate::routes::{self, Route, Target, Targets};
@@ -150,7 +151,12 @@ async fn handle_inner(
 
     // 3. Enforce the model allowlist.
     let limit = limits.max_replay_body;
-    let body = allowlist::check(route, rest, plan.deployment, &parts.headers, body, limit).await?;
+    let mut body =
+        allowlist::check(route, rest, plan.deployment, &parts.headers, body, limit).await?;
+    if plan.signer.is_some() {
+        // SigV4 signs a hash of the whole body.
+        body = allowlist::in_memory(route, &parts.headers, body, limit).await?;
+    }
 
     // 4. Add the credential in the provider's form and forward, trying the
     //    next credential if the provider rejects one (step 5).
@@ -162,7 +168,8 @@ async fn handle_inner(
         uri: plan.uri,
         headers: parts.headers,
     };
-    let exchange = attempt::Exchange::new(route, plan.keys, &plan.host, limits, prepared);
+    let exchange =
+        attempt::Exchange::new(route, plan.keys, &plan.host, limits, plan.signer, prepared);
     let answer = attempt::send(exchange, candidates, body).await;
     if let Ok(a) = &answer {
         cx.attempts = a.attempts;
@@ -186,12 +193,14 @@ fn select<'s>(snap: &'s Snapshot, name: &str) -> Result<&'s Route, ProxyError> {
 }
 
 /// Where one request goes: the keys to try, the upstream URI, its host (for
-/// errors), and the Azure deployment it names (for the allowlist).
+/// errors), the Azure deployment it names (for the allowlist), and the
+/// signer of an AWS route.
 struct Plan<'r> {
     keys: &'r KeySet,
     uri: Uri,
     host: String,
     deployment: Option<&'r str>,
+    signer: Option<&'r SigV4>,
 }
 
 /// The plan for `rest` and `query` on `route`.
@@ -208,6 +217,7 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
             uri,
             host: target.upstream.host().to_owned(),
             deployment,
+            signer: None,
         })
     };
     match &route.targets {
@@ -226,6 +236,22 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
                 uri,
                 host,
                 deployment: None,
+                signer: None,
+            })
+        }
+        Targets::Aws(aws) => {
+            let uri = aws.upstream.uri(rest, query).map_err(|e| {
+                ProxyError::Internal(format!(
+                    "route {}: cannot build upstream URI: {e}",
+                    route.name
+                ))
+            })?;
+            Ok(Plan {
+                keys: &aws.keys,
+                uri,
+                host: aws.upstream.host().to_owned(),
+                deployment: None,
+                signer: aws.signer.as_ref(),
             })
         }
         Targets::Unsupported(reason) => Err(ProxyError::NotImplemented {
@@ -255,7 +281,7 @@ fn extra_headers(
             Some(Chosen::Dynamic(v)) => v,
             Some(Chosen::Minted(v)) => v,
             // Extra headers hold stored values, never token sources.
-            Some(Chosen::Token { .. } | Chosen::Nothing) | None => continue,
+            Some(Chosen::Token { .. } | Chosen::Signed { .. } | Chosen::Nothing) | None => continue,
         };
         out.push((name.clone(), value));
     }

@@ -16,13 +16,16 @@ use tokio::time::Instant;
 
 use super::Registries;
 use super::snapshot::{InboundToken, Problem, Snapshot, Stale};
-use crate::config::{Config, RouteConfig};
-use crate::credentials::resolve::Reader;
-use crate::credentials::{HealthScope, KeySet, KeySpec, KeyValue, Location, Minting, Secret};
+use crate::config::{AwsAuth, Config, RouteConfig};
+use crate::credentials::resolve::{Reader, Unavailable};
+use crate::credentials::{
+    AwsSource, HealthScope, KeySet, KeySpec, KeyValue, Location, Minting, Secret,
+};
 use crate::env::Env;
 use crate::files::Files;
-use crate::providers::Family;
+use crate::providers::aws::{self, AwsTarget, SigV4};
 use crate::providers::vertex::{DEFAULT_LOCATION, VertexTarget};
+use crate::providers::{Auth, Family};
 use crate::routes::{Route, RouteTable, Target, Targets};
 use crate::upstream::Client;
 use crate::upstream::tls::TlsError;
@@ -149,7 +152,7 @@ impl Cx<'_> {
                 }
             }
             Family::Vertex => Targets::Vertex(self.vertex(rc, &client)),
-            Family::Aws => Targets::Unsupported("AWS SigV4 signing is not implemented yet"),
+            Family::Aws => self.aws(rc, &client),
         };
         let headers = rc
             .headers
@@ -272,6 +275,99 @@ impl Cx<'_> {
                 .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
             upstream: rc.upstream.clone(),
         }
+    }
+
+    /// A Bedrock or SageMaker route: its region and host, and its keys (a
+    /// token source that mints AWS keys, or a Bedrock API key).
+    fn aws(&mut self, rc: &RouteConfig, client: &Client) -> Targets {
+        let Some(settings) = &rc.aws else {
+            return Targets::Unsupported("no AWS settings");
+        };
+        let service = match rc.spec.auth {
+            Auth::SigV4 { service } => service,
+            _ => "bedrock",
+        };
+        let Some(region) = self.region(rc, settings.region.as_deref()) else {
+            return Targets::Unsupported(
+                "no AWS region: set `region` on the route, or AWS_REGION in the environment",
+            );
+        };
+        let upstream = match &rc.upstream {
+            Some(u) => u.clone(),
+            None => match aws::default_upstream(service, &region).parse() {
+                Ok(u) => u,
+                Err(_) => return Targets::Unsupported("the region does not make a host name"),
+            },
+        };
+        if settings.auth == AwsAuth::ApiKey {
+            return Targets::Aws(AwsTarget {
+                upstream,
+                keys: self.keys(rc, "key", &rc.key, "Bearer "),
+                signer: None,
+            });
+        }
+        let source = match &settings.auth {
+            AwsAuth::Keys {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => AwsSource::Keys {
+                access_key_id,
+                secret_access_key,
+                session_token: session_token.as_ref(),
+            },
+            AwsAuth::Chain | AwsAuth::ApiKey => AwsSource::Chain { region: &region },
+        };
+        let reg = self.inputs.reg;
+        let label = "credentials";
+        let scope = HealthScope {
+            registry: &reg.health,
+            route: &rc.name,
+            label,
+        };
+        let metrics = reg.metrics.route(&rc.name);
+        let minting = Minting {
+            registry: &reg.tokens,
+            client,
+            metrics: &metrics,
+        };
+        let mut keys = KeySet::resolve_aws(source, self.inputs.reader(), &scope, minting);
+        self.keep_last_good(rc, label, &mut keys);
+        Targets::Aws(AwsTarget {
+            upstream,
+            keys,
+            signer: Some(SigV4 {
+                region: region.into(),
+                service,
+            }),
+        })
+    }
+
+    /// The route's `region`, else `AWS_REGION`, else `AWS_DEFAULT_REGION`;
+    /// a missing or malformed one is a problem that fails `/readyz`.
+    fn region(&mut self, rc: &RouteConfig, configured: Option<&str>) -> Option<String> {
+        let env = self.inputs.env;
+        let region = configured
+            .map(str::to_owned)
+            .or_else(|| env.var("AWS_REGION"))
+            .or_else(|| env.var("AWS_DEFAULT_REGION"))
+            .filter(|r| {
+                !r.is_empty()
+                    && r.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if region.is_none() {
+            self.problems.push(Problem {
+                key: format!("routes.{}.region", rc.name),
+                fatal: true,
+                required: rc.required,
+                reasons: vec![Unavailable::reason(
+                    &Location::AwsChain,
+                    "no AWS region: set `region` on the route, or AWS_REGION (lowercase letters, digits, `-`)",
+                )],
+            });
+        }
+        region
     }
 
     /// The inbound token fails closed: a token file that is missing, empty

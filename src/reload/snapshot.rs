@@ -168,11 +168,12 @@ impl Snapshot {
             for (label, set) in &sets {
                 for (index, key) in set.keys.iter().enumerate() {
                     if let KeyValue::Token { cache, .. } = &key.value {
-                        live.token_expiry.push((
-                            route.name.to_string(),
-                            key.location.to_string(),
-                            cache.expiry(),
-                        ));
+                        live.tokens.push(crate::metrics::TokenLive {
+                            route: route.name.to_string(),
+                            credential: key.location.to_string(),
+                            source: cache.source().kind(),
+                            expiry: cache.expiry(),
+                        });
                     }
                     if matches!(key.value, KeyValue::Dynamic(_) | KeyValue::None) {
                         continue;
@@ -217,7 +218,14 @@ impl Snapshot {
                     files.push(PathBuf::from(p));
                 }
             }
-            (Location::Env(_) | Location::Dynamic(_) | Location::None | Location::Metadata, _) => {}
+            (
+                Location::Env(_)
+                | Location::Dynamic(_)
+                | Location::None
+                | Location::Metadata
+                | Location::AwsChain,
+                _,
+            ) => {}
         };
         for route in self.routes.iter_sorted() {
             let tokens = route.spec.family == crate::providers::Family::Vertex;
@@ -225,6 +233,13 @@ impl Snapshot {
                 for key in keys.keys.iter() {
                     add(&key.location, tokens);
                 }
+            }
+        }
+        // AWS keys in files: the access key id's location is the key's;
+        // the secret and session token are watched too.
+        for rc in &self.config.routes {
+            for loc in rc.aws.iter().flat_map(|a| a.auth.locations()) {
+                add(loc, false);
             }
         }
         if let Some(loc) = &self.config.inbound_token {

@@ -225,7 +225,7 @@ impl Refresher {
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         let token = Token {
-            header: minted.header,
+            credential: minted.credential,
             fingerprint: minted.fingerprint,
             expires_at: Instant::now() + lifetime,
             serial,

@@ -200,6 +200,10 @@ impl ServiceAccount {
 }
 
 impl Mint for ServiceAccount {
+    fn kind(&self) -> &'static str {
+        "service-account"
+    }
+
     fn describe(&self) -> String {
         format!(
             "service account {} ({})",

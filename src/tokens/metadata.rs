@@ -43,6 +43,10 @@ impl MetadataServer {
 }
 
 impl Mint for MetadataServer {
+    fn kind(&self) -> &'static str {
+        "gke-metadata"
+    }
+
     fn describe(&self) -> String {
         format!("metadata server {}", self.host)
     }

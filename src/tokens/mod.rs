@@ -24,10 +24,14 @@
 //!   from an old key is used again.
 //!
 //! Sources: a Google service account's JWT grant ([`jwt`]) and the GKE
-//! metadata server ([`metadata`]); both end in an OAuth2 token request
-//! ([`oauth`]).
+//! metadata server ([`metadata`]), both ending in an OAuth2 token request
+//! ([`oauth`]); and AWS credentials ([`aws`]: environment or files, web
+//! identity through STS, container and instance metadata endpoints). Every
+//! endpoint is asked through one bounded exchange (`fetch.rs`).
 
+pub(crate) mod aws;
 mod cache;
+mod fetch;
 pub(crate) mod jwt;
 pub(crate) mod metadata;
 pub(crate) mod oauth;
@@ -36,6 +40,7 @@ mod registry;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, StatusCode};
@@ -56,9 +61,19 @@ pub(crate) trait Mint: Send + Sync + fmt::Debug {
     /// How logs and `check` name the source (never a secret).
     fn describe(&self) -> String;
 
+    /// The kind of source, a metric label: `service-account`, `web-identity`, ...
+    fn kind(&self) -> &'static str;
+
     /// Mints one credential, through `client` (the route's trust settings),
     /// at wall-clock time `now` (for signed assertions).
     fn mint<'a>(&'a self, client: &'a Client, now: SystemTime) -> MintFuture<'a>;
+
+    /// Whether asking again can give a different credential: false for
+    /// keys fixed when the snapshot was built, which a rejection does not
+    /// make worth a retry with the same source.
+    fn renews(&self) -> bool {
+        true
+    }
 
     /// The cloud project the identity belongs to, when it says (a Google
     /// service account's `project_id`); routes default to it.
@@ -67,11 +82,29 @@ pub(crate) trait Mint: Send + Sync + fmt::Debug {
     }
 }
 
-/// A credential as minted: the header value ready to send (never formatted
-/// again) and how long it lives. `Debug` shows the fingerprint only.
+/// What a source mints.
+#[derive(Clone)]
+pub(crate) enum Credential {
+    /// A header value ready to send (`Bearer <token>`, marked sensitive),
+    /// never formatted again.
+    Header(HeaderValue),
+    /// AWS keys that sign each request (SigV4).
+    Aws(Arc<aws::AwsKeys>),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(_) => f.write_str("Header(<redacted>)"),
+            Self::Aws(keys) => write!(f, "Aws({keys:?})"),
+        }
+    }
+}
+
+/// A credential as minted, and how long it lives. `Debug` shows no secret.
 #[derive(Debug)]
 pub(crate) struct Minted {
-    pub(crate) header: HeaderValue,
+    pub(crate) credential: Credential,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) lifetime: Duration,
 }
@@ -100,8 +133,7 @@ pub(crate) enum MintError {
 /// A minted credential in a cache.
 #[derive(Clone)]
 pub(crate) struct Token {
-    /// `Bearer <token>`, marked sensitive.
-    pub(crate) header: HeaderValue,
+    pub(crate) credential: Credential,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) expires_at: Instant,
     /// Counts credentials of this cache, so a rejection of an old one does
@@ -129,7 +161,7 @@ impl Token {
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum TokenError {
     /// The last mint failed and no valid credential is left.
-    #[error("no valid access token from {origin}: {source}")]
+    #[error("no valid credential from {origin}: {source}")]
     Failed {
         origin: String,
         #[source]
@@ -137,7 +169,7 @@ pub(crate) enum TokenError {
     },
     /// None arrived in time (the first one, or a fresh one after a
     /// rejection).
-    #[error("no valid access token from {origin}: {reason}")]
+    #[error("no valid credential from {origin}: {reason}")]
     NotYet {
         origin: String,
         reason: &'static str,

@@ -11,19 +11,15 @@
 
 use std::time::Duration;
 
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::Request;
 
-use super::{MintError, Minted, jwt};
+use super::fetch::fetch;
+use super::{Credential, MintError, Minted, jwt};
 use crate::upstream::{Client, UpstreamBody};
 
-/// One token request may take this long.
-pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// A token is never trusted for longer than this (seconds), whatever
 /// `expires_in` says.
 pub(crate) const MAX_LIFETIME_S: u64 = 24 * 3600;
-/// A token answer larger than this is refused.
-const MAX_TOKEN_RESPONSE: usize = 64 << 10;
 /// Assumed when an answer gives no `expires_in` (Google's tokens last an hour).
 const DEFAULT_LIFETIME_S: u64 = 3600;
 
@@ -36,40 +32,9 @@ pub(crate) async fn exchange(
     client: &Client,
     req: Request<UpstreamBody>,
 ) -> Result<Minted, MintError> {
-    let host = req
-        .uri()
-        .authority()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let timeout = |_| MintError::Timeout {
-        host: host.clone(),
-        after: FETCH_TIMEOUT,
-    };
-    let unreachable = |reason| MintError::Unreachable {
-        host: host.clone(),
-        reason,
-    };
-    // The lane guard lives to the end of this function: past the body read.
-    let (resp, _lane) = tokio::time::timeout(FETCH_TIMEOUT, client.send(req))
-        .await
-        .map_err(timeout)?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = resp.status();
-    let body = tokio::time::timeout(
-        FETCH_TIMEOUT,
-        Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE).collect(),
-    )
-    .await
-    .map_err(timeout)?
-    .map_err(|e| unreachable(format!("reading the answer failed: {e}")))?
-    .to_bytes();
-    if status != StatusCode::OK {
-        return Err(MintError::Refused {
-            host,
-            status,
-            detail: oauth_error(&body),
-        });
-    }
+    let answer = fetch(client, req).await?;
+    let host = answer.host.clone();
+    let body = answer.ok_or_refused(oauth_error)?;
     parse(&body).map_err(|reason| MintError::BadAnswer { host, reason })
 }
 
@@ -123,7 +88,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Minted, String> {
             .map_err(|_| "expires_in is not a number".to_owned())?,
     };
     Ok(Minted {
-        header,
+        credential: Credential::Header(header),
         fingerprint: secret.fingerprint(),
         lifetime: Duration::from_secs(seconds.clamp(1, MAX_LIFETIME_S)),
     })
@@ -137,8 +102,11 @@ mod tests {
     fn parses_token_answers() {
         let m = parse(br#"{"access_token":"ya29.abc","expires_in":3599,"token_type":"Bearer"}"#)
             .unwrap();
-        assert_eq!(m.header, "Bearer ya29.abc");
-        assert!(m.header.is_sensitive());
+        let Credential::Header(header) = &m.credential else {
+            panic!("a header")
+        };
+        assert_eq!(header, "Bearer ya29.abc");
+        assert!(header.is_sensitive());
         assert_eq!(m.lifetime, Duration::from_secs(3599));
         let m = parse(br#"{"access_token":"a","expires_in":" 86399 "}"#).unwrap();
         assert_eq!(

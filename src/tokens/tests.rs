@@ -44,6 +44,10 @@ fn down() -> MintError {
 }
 
 impl Mint for Scripted {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+
     fn describe(&self) -> String {
         "scripted source".to_owned()
     }
@@ -57,7 +61,7 @@ impl Mint for Scripted {
             let lifetime = next?;
             let secret = crate::secret::Secret::new(format!("token-{n}").into_bytes()).unwrap();
             Ok(Minted {
-                header: secret.header_value("Bearer ").unwrap(),
+                credential: Credential::Header(secret.header_value("Bearer ").unwrap()),
                 fingerprint: secret.fingerprint(),
                 lifetime,
             })
@@ -73,7 +77,10 @@ fn cache(source: Arc<Scripted>) -> TokenCache {
 }
 
 fn value(t: &Token) -> &str {
-    t.header.to_str().unwrap()
+    let Credential::Header(header) = &t.credential else {
+        panic!("a header")
+    };
+    header.to_str().unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -165,7 +172,7 @@ async fn a_rejected_token_is_refreshed_once_however_many_requests_saw_it() {
 #[test]
 fn refreshes_four_minutes_ahead_or_half_way_for_short_tokens() {
     let token = |fp: &[u8]| Token {
-        header: HeaderValue::from_static("Bearer x"),
+        credential: Credential::Header(HeaderValue::from_static("Bearer x")),
         fingerprint: Fingerprint::of(fp),
         expires_at: Instant::now(),
         serial: 1,
