@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::Rejects;
 
@@ -115,7 +115,15 @@ impl Rejects {
             Some(b) if self.needs_body(status) => b,
             _ => return Verdict::Accepted,
         };
-        let has = |needle: &str| body.windows(needle.len()).any(|w| w == needle.as_bytes());
+        // AWS names the error in `x-amzn-ErrorType` (the JSON body has only
+        // a message); look in both.
+        let error_type = headers
+            .get("x-amzn-errortype")
+            .map_or(&[][..], HeaderValue::as_bytes);
+        let has = |needle: &str| {
+            let found = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
+            found(body) || found(error_type)
+        };
         match self {
             Self::Gemini => match gemini_key_error(status, body) {
                 Some(Some(reason)) => Verdict::Rejected(reason),
@@ -253,6 +261,22 @@ mod tests {
                 "{rejects:?} {status}"
             );
         }
+        // Bedrock's own shape: the code in `x-amzn-ErrorType`, a bare message.
+        let mut aws = HeaderMap::new();
+        aws.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static(
+                "UnrecognizedClientException:http://internal.amazon.com/coral/com.amazon.coral.service/",
+            ),
+        );
+        assert_eq!(
+            Rejects::Aws.classify(
+                S::FORBIDDEN,
+                &aws,
+                Some(br#"{"message":"The security token included in the request is invalid."}"#)
+            ),
+            Verdict::Rejected("UnrecognizedClientException")
+        );
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("7"));
         assert_eq!(

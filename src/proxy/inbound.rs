@@ -54,10 +54,33 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     // the path as sent, and the path goes upstream byte for byte: a `..`
     // that the provider resolves would reach another model or deployment
     // than the one checked.
-    if parts.uri.path().split('/').any(is_dot_or_slash) {
-        return Err(ProxyError::DotSegment);
+    // One exception: a Bedrock model id (the segment after `model`) is an
+    // ARN with an encoded `/` when it names an inference profile, and
+    // Bedrock reads it as one id; the allowlist decodes it whole.
+    let mut after_model = false;
+    for segment in parts.uri.path().split('/') {
+        let refused = if after_model {
+            is_dot(segment) || has_encoded_backslash(segment)
+        } else {
+            is_dot_or_slash(segment)
+        };
+        if refused {
+            return Err(ProxyError::DotSegment);
+        }
+        after_model = segment == "model";
     }
     Ok(())
+}
+
+/// `.` or `..`, also percent-encoded.
+fn is_dot(segment: &str) -> bool {
+    let s = segment.to_ascii_lowercase().replace("%2e", ".");
+    s == "." || s == ".."
+}
+
+/// A segment holding `%5c` (an encoded `\`).
+fn has_encoded_backslash(segment: &str) -> bool {
+    segment.to_ascii_lowercase().contains("%5c")
 }
 
 /// `.`, `..` (also percent-encoded: `%2e`, `.%2E`, ...) or a segment holding
@@ -129,7 +152,22 @@ pub(crate) fn authorize(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Prox
 
 #[cfg(test)]
 mod tests {
-    use super::is_dot_or_slash;
+    use super::{has_encoded_backslash, is_dot, is_dot_or_slash};
+
+    #[test]
+    fn a_bedrock_model_id_may_hold_an_encoded_slash_but_no_dots() {
+        let check = |path: &str| {
+            let (parts, ()) = http::Request::post(path).body(()).unwrap().into_parts();
+            super::check(&parts).is_ok()
+        };
+        assert!(check(
+            "/bedrock/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.x/converse"
+        ));
+        assert!(!check("/bedrock/model/%2e%2e/converse"));
+        assert!(!check("/bedrock/model/a%5cb/converse"));
+        assert!(!check("/bedrock/other/a%2Fb/converse"), "only the model id");
+        assert!(is_dot("%2E.") && !is_dot("a.b") && has_encoded_backslash("x%5Cy"));
+    }
 
     #[test]
     fn dot_segments_and_encoded_slashes_are_found() {

@@ -235,16 +235,15 @@ impl Cx<'_> {
         note_missing(&mut self.problems, rc, label, set);
     }
 
-    fn vertex(&mut self, rc: &RouteConfig, client: &Client) -> VertexTarget {
+    /// The route's `credentials`, a setting of token sources that mint
+    /// through `client`, resolved by `resolve`; last good values kept.
+    fn minted(
+        &mut self,
+        rc: &RouteConfig,
+        client: &Client,
+        resolve: impl FnOnce(Reader<'_>, &HealthScope<'_>, Minting<'_>) -> KeySet,
+    ) -> KeySet {
         let reg = self.inputs.reg;
-        let settings = rc
-            .vertex
-            .clone()
-            .unwrap_or_else(|| crate::config::VertexConfig {
-                credentials: KeySpec::single(Location::None),
-                project: None,
-                location: None,
-            });
         let label = "credentials";
         let scope = HealthScope {
             registry: &reg.health,
@@ -257,9 +256,23 @@ impl Cx<'_> {
             client,
             metrics: &metrics,
         };
-        let mut keys =
-            KeySet::resolve_tokens(&settings.credentials, self.inputs.reader(), &scope, minting);
+        let mut keys = resolve(self.inputs.reader(), &scope, minting);
         self.keep_last_good(rc, label, &mut keys);
+        keys
+    }
+
+    fn vertex(&mut self, rc: &RouteConfig, client: &Client) -> VertexTarget {
+        let settings = rc
+            .vertex
+            .clone()
+            .unwrap_or_else(|| crate::config::VertexConfig {
+                credentials: KeySpec::single(Location::None),
+                project: None,
+                location: None,
+            });
+        let keys = self.minted(rc, client, |reader, scope, minting| {
+            KeySet::resolve_tokens(&settings.credentials, reader, scope, minting)
+        });
         // The project defaults to the first service account's.
         let project = settings.project.or_else(|| {
             keys.keys.iter().find_map(|k| match &k.value {
@@ -318,21 +331,9 @@ impl Cx<'_> {
             },
             AwsAuth::Chain | AwsAuth::ApiKey => AwsSource::Chain { region: &region },
         };
-        let reg = self.inputs.reg;
-        let label = "credentials";
-        let scope = HealthScope {
-            registry: &reg.health,
-            route: &rc.name,
-            label,
-        };
-        let metrics = reg.metrics.route(&rc.name);
-        let minting = Minting {
-            registry: &reg.tokens,
-            client,
-            metrics: &metrics,
-        };
-        let mut keys = KeySet::resolve_aws(source, self.inputs.reader(), &scope, minting);
-        self.keep_last_good(rc, label, &mut keys);
+        let keys = self.minted(rc, client, |reader, scope, minting| {
+            KeySet::resolve_aws(source, reader, scope, minting)
+        });
         Targets::Aws(AwsTarget {
             upstream,
             keys,

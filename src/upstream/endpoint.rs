@@ -345,13 +345,15 @@ impl Endpoint {
         req.headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.target.host_header.clone());
+        // An empty path is `/` (RFC 9112 §3.2.1): never an empty target.
         let pq = req
             .uri()
             .path_and_query()
-            .filter(|pq| pq.as_str() != "/")
-            .cloned();
+            .filter(|pq| !pq.as_str().is_empty())
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let mut parts = Parts::default();
-        parts.path_and_query = pq;
+        parts.path_and_query = Some(pq);
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
         if req.version() == Version::HTTP_2 {
             *req.version_mut() = Version::HTTP_11;

@@ -85,6 +85,16 @@ async fn sequential_requests_reuse_one_connection() {
 }
 
 #[tokio::test]
+async fn a_request_for_the_root_goes_out_with_the_target_slash() {
+    // STS is asked at `https://sts.REGION.amazonaws.com/`: an empty request
+    // target would be a 400 from any HTTP/1.1 server.
+    let (addr, _) = h1_server().await;
+    let c = client(&[], 100);
+    assert_eq!(fetch(&c, &format!("http://{addr}/")).await, "ok");
+    assert_eq!(fetch(&c, &format!("http://{addr}")).await, "ok");
+}
+
+#[tokio::test]
 async fn concurrent_requests_open_connections_that_all_go_back_idle() {
     let (addr, accepted) = h1_server().await;
     let c = client(&[], 100);

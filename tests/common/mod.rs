@@ -8,6 +8,8 @@
 //! - [`echo`]: a provider that echoes the key it got, and reload probes.
 //! - [`kubelet`]: files written as the kubelet, editors and people write them.
 //! - [`process`]: the sidekey binary as a child process.
+//! - [`aws`]: Bedrock/SageMaker, STS, container-credential and IMDS mocks, and
+//!   botocore (`tests/aws/verify_sigv4.py`) verifying what sidekey signed.
 
 #![allow(
     dead_code,
@@ -22,6 +24,7 @@
 )]
 #![allow(unreachable_pub, missing_docs, reason = "test helpers")]
 
+pub mod aws;
 pub mod client;
 pub mod echo;
 pub mod google;

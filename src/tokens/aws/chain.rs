@@ -55,15 +55,14 @@ pub(crate) fn select(env: &dyn Env, region: &str) -> Result<Selected, String> {
                 secret.trim(),
                 token.as_deref().map(str::trim),
             );
-            let mut all = Vec::new();
+            let mut all = zeroize::Zeroizing::new(Vec::new());
             for part in [id.as_str(), secret.as_str(), token.as_deref().unwrap_or("")] {
                 all.extend_from_slice(part.as_bytes());
                 all.push(0);
             }
-            let all = Secret::new(all).map_err(|e| format!("AWS_ACCESS_KEY_ID: {e}"))?;
             return Ok(Selected {
                 fingerprint: fixed.fingerprint(),
-                digest: all.digest(),
+                digest: Fingerprint::digest_of(&all),
                 source: Arc::new(fixed),
             });
         }
