@@ -129,6 +129,14 @@ impl Cx<'_> {
                      `credentials` of a bedrock or sagemaker route",
                 ));
             }
+            KeyToml::EntraSecret { .. } => {
+                return Err(self.at(
+                    v,
+                    key,
+                    "`{ tenant_id, client_id, client_secret }` is only valid as `credentials` \
+                     of an azure route or deployment",
+                ));
+            }
         };
         let locations = texts
             .into_iter()

@@ -264,7 +264,10 @@ impl Cx<'_> {
                 let loc = self.location(v.get_ref(), v, "inbound_token")?;
                 if matches!(
                     loc,
-                    Location::None | Location::Dynamic(_) | Location::Metadata | Location::AwsChain
+                    Location::None
+                        | Location::Dynamic(_)
+                        | Location::Metadata
+                        | Location::Ambient(_)
                 ) {
                     return Err(self.at(
                         v,

@@ -130,6 +130,7 @@ pub(crate) struct RouteToml {
     pub(crate) project: Option<Spanned<String>>,
     pub(crate) location: Option<Spanned<String>>,
     pub(crate) region: Option<Spanned<String>>,
+    pub(crate) scope: Option<Spanned<String>>,
 }
 
 /// `[routes.NAME.deployments.DEPLOYMENT]` (azure).
@@ -138,6 +139,7 @@ pub(crate) struct RouteToml {
 pub(crate) struct DeploymentToml {
     pub(crate) endpoint: Spanned<String>,
     pub(crate) key: Option<Spanned<KeyToml>>,
+    pub(crate) credentials: Option<Spanned<KeyToml>>,
 }
 
 /// `[provider_types.TYPE]`.
@@ -159,7 +161,8 @@ pub(crate) struct ProviderDefaultsToml {
 }
 
 /// A credential setting: one location, `{ default, fallback }`, or a pool;
-/// or, for AWS routes, `{ access_key_id, secret_access_key, session_token }`.
+/// or, for AWS routes, `{ access_key_id, secret_access_key, session_token }`;
+/// or, for azure, `{ tenant_id, client_id, client_secret }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyToml {
     One(String),
@@ -172,6 +175,12 @@ pub(crate) enum KeyToml {
         access_key_id: String,
         secret_access_key: String,
         session_token: Option<String>,
+    },
+    /// An Entra ID app registration (azure `credentials`).
+    EntraSecret {
+        tenant_id: String,
+        client_id: String,
+        client_secret: String,
     },
 }
 
@@ -215,39 +224,55 @@ impl<'de> Visitor<'de> for KeyVisitor {
             "access_key_id",
             "secret_access_key",
             "session_token",
+            "tenant_id",
+            "client_id",
+            "client_secret",
         ];
-        let mut fields: [Option<String>; 5] = Default::default();
+        let mut fields = BTreeMap::new();
         while let Some(k) = map.next_key::<String>()? {
-            let Some(i) = FIELDS.iter().position(|f| *f == k) else {
+            let Some(name) = FIELDS.iter().find(|f| **f == k) else {
                 return Err(de::Error::unknown_field(&k, FIELDS));
             };
-            if let Some(slot) = fields.get_mut(i) {
-                *slot = Some(map.next_value::<String>()?);
-            }
+            fields.insert(*name, map.next_value::<String>()?);
         }
-        match fields {
-            [Some(default), Some(fallback), None, None, None] => {
-                Ok(KeyToml::Fallback { default, fallback })
+        // Which form, by its fields; what is left over is an error.
+        let fallback_form = fields.contains_key("default") || fields.contains_key("fallback");
+        let aws_form = fields
+            .keys()
+            .any(|k| k.contains("access_key") || *k == "session_token");
+        let empty = fields.is_empty();
+        let mut take = |name: &str| fields.remove(name);
+        let form = if fallback_form {
+            match (take("default"), take("fallback")) {
+                (Some(default), Some(fallback)) => KeyToml::Fallback { default, fallback },
+                (Some(default), None) => KeyToml::One(default),
+                (None, _) => return Err(de::Error::missing_field("default")),
             }
-            [Some(default), None, None, None, None] => Ok(KeyToml::One(default)),
-            [
-                None,
-                None,
-                Some(access_key_id),
-                Some(secret_access_key),
-                session_token,
-            ] => Ok(KeyToml::AwsKeys {
-                access_key_id,
-                secret_access_key,
-                session_token,
-            }),
-            [None, None, None, None, None] => Err(de::Error::missing_field("default")),
-            [None, None, None, _, _] => Err(de::Error::missing_field("access_key_id")),
-            [None, None, Some(_), None, _] => Err(de::Error::missing_field("secret_access_key")),
-            [None, ..] => Err(de::Error::missing_field("default")),
-            [Some(_), ..] => Err(de::Error::custom(
-                "`{ default, fallback }` and AWS keys cannot be mixed",
-            )),
+        } else if aws_form {
+            KeyToml::AwsKeys {
+                access_key_id: take("access_key_id")
+                    .ok_or_else(|| de::Error::missing_field("access_key_id"))?,
+                secret_access_key: take("secret_access_key")
+                    .ok_or_else(|| de::Error::missing_field("secret_access_key"))?,
+                session_token: take("session_token"),
+            }
+        } else if !empty {
+            KeyToml::EntraSecret {
+                tenant_id: take("tenant_id")
+                    .ok_or_else(|| de::Error::missing_field("tenant_id"))?,
+                client_id: take("client_id")
+                    .ok_or_else(|| de::Error::missing_field("client_id"))?,
+                client_secret: take("client_secret")
+                    .ok_or_else(|| de::Error::missing_field("client_secret"))?,
+            }
+        } else {
+            return Err(de::Error::missing_field("default"));
+        };
+        match fields.keys().next() {
+            Some(extra) => Err(de::Error::custom(format!(
+                "`{extra}` does not belong with the other fields of this table"
+            ))),
+            None => Ok(form),
         }
     }
 }

@@ -19,17 +19,28 @@ use toml::Spanned;
 use super::cx::Cx;
 use super::error::ConfigError;
 use super::raw::{KeyToml, ProviderTypeToml, RouteToml};
-use crate::credentials::{KeySpec, Location};
+use crate::credentials::{EntraIdentity, KeySpec, Location};
 use crate::headers;
 use crate::providers::{Family, ProviderType, Spec};
 use crate::routes::UpstreamBase;
 
-/// One Azure deployment: its own endpoint and key.
+/// One Azure deployment: its own endpoint and key (or Entra identity).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeploymentConfig {
     pub(crate) name: String,
     pub(crate) endpoint: UpstreamBase,
     pub(crate) key: KeySpec,
+    /// Entra ID tokens instead of `key`.
+    pub(crate) entra: Option<EntraIdentity>,
+}
+
+/// An azure route's Entra ID settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EntraConfig {
+    /// The route-level identity (`credentials`), if any.
+    pub(crate) identity: Option<EntraIdentity>,
+    /// The token scope (`scope`).
+    pub(crate) scope: String,
 }
 
 /// Vertex settings (`credentials`, `project`, `location`).
@@ -102,6 +113,8 @@ pub(crate) struct RouteConfig {
     pub(crate) deployments: Vec<DeploymentConfig>,
     pub(crate) vertex: Option<VertexConfig>,
     pub(crate) aws: Option<AwsConfig>,
+    /// Azure routes: Entra ID identity and scope.
+    pub(crate) entra: Option<EntraConfig>,
     /// Whether a missing credential makes `/readyz` fail. False for the
     /// built-in default's routes, which exist for convenience.
     pub(crate) required: bool,
@@ -200,7 +213,8 @@ impl Cx<'_> {
         route.misplaced_keys()?;
         let upstream = route.upstream()?;
         let key = route.key(type_defaults)?;
-        let deployments = route.deployments(&key, upstream.is_some())?;
+        let entra = route.entra()?;
+        let deployments = route.deployments(&key, entra.as_ref(), upstream.is_some())?;
         let vertex = route.vertex(type_defaults)?;
         let aws = route.aws()?;
         let headers = route.headers()?;
@@ -216,6 +230,7 @@ impl Cx<'_> {
             deployments,
             vertex,
             aws,
+            entra,
             required,
         })
     }
@@ -283,12 +298,15 @@ impl RouteCx<'_> {
                 "bedrock and sagemaker",
             ),
         ];
-        if let (Family::ApiKey | Family::Azure, Some(c)) = (family, &r.credentials) {
+        if let (Family::ApiKey, Some(c)) = (family, &r.credentials) {
             return Err(self.at(
                 c,
                 "credentials",
-                "`credentials` is only valid for vertex, bedrock and sagemaker routes",
+                "`credentials` is only valid for vertex, azure, bedrock and sagemaker routes",
             ));
+        }
+        if let (false, Some(v)) = (family == Family::Azure, &r.scope) {
+            return Err(self.at(v, "scope", "`scope` is only valid for azure routes"));
         }
         for (owner, span, field, types) in misplaced {
             if let (true, Some(span)) = (family != owner, span) {
@@ -366,6 +384,10 @@ impl RouteCx<'_> {
             None if matches!(self.spec.family, Family::Vertex | Family::Aws) => {
                 Ok(KeySpec::single(Location::None))
             }
+            // Entra ID tokens replace the key.
+            None if self.spec.family == Family::Azure && self.raw().credentials.is_some() => {
+                Ok(KeySpec::single(Location::None))
+            }
             None => self.default_key(type_defaults, "key"),
         }
     }
@@ -427,13 +449,84 @@ impl RouteCx<'_> {
         })
     }
 
-    /// Azure `deployments`: an endpoint each, and a key defaulting to the
-    /// route's. An azure route needs deployments or a route-level upstream.
+    /// Azure `credentials` (an Entra ID identity instead of `key`) and
+    /// `scope`; `None` for other families.
+    fn entra(&self) -> Result<Option<EntraConfig>, ConfigError> {
+        if self.spec.family != Family::Azure {
+            return Ok(None);
+        }
+        let r = self.raw();
+        if let (Some(k), Some(_)) = (&r.key, &r.credentials) {
+            return Err(self.at(
+                k,
+                "key",
+                "set `key` or `credentials` (an Entra ID identity), not both",
+            ));
+        }
+        let identity = r
+            .credentials
+            .as_ref()
+            .map(|c| self.entra_identity(c, "credentials"))
+            .transpose()?;
+        let scope = match &r.scope {
+            None => crate::tokens::entra::DEFAULT_SCOPE.to_owned(),
+            Some(v)
+                if v.get_ref().starts_with("https://")
+                    && !v.get_ref().contains(char::is_whitespace) =>
+            {
+                v.get_ref().clone()
+            }
+            Some(v) => {
+                return Err(self.at(
+                    v,
+                    "scope",
+                    "expected a scope URL such as \"https://cognitiveservices.azure.com/.default\"",
+                ));
+            }
+        };
+        Ok(Some(EntraConfig { identity, scope }))
+    }
+
+    /// `"workload-identity"`, `"managed-identity"` or `{ tenant_id,
+    /// client_id, client_secret }`.
+    fn entra_identity(
+        &self,
+        c: &Spanned<KeyToml>,
+        field: &str,
+    ) -> Result<EntraIdentity, ConfigError> {
+        let key = self.key_name(field);
+        match c.get_ref() {
+            KeyToml::One(s) if s == "workload-identity" => Ok(EntraIdentity::Workload),
+            KeyToml::One(s) if s == "managed-identity" => Ok(EntraIdentity::Managed),
+            KeyToml::EntraSecret {
+                tenant_id,
+                client_id,
+                client_secret,
+            } => {
+                let secret = self.cx.location(client_secret, c, &format!("{key}.client_secret"))?;
+                if !matches!(secret, Location::Env(_) | Location::Path(_) | Location::PathFromEnv(_)) {
+                    return Err(self.cx.at(c, &format!("{key}.client_secret"), "must be env::, path:: or path_from_env::"));
+                }
+                Ok(EntraIdentity::ClientSecret {
+                    tenant_id: tenant_id.clone(),
+                    client_id: client_id.clone(),
+                    client_secret: secret,
+                })
+            }
+            _ => Err(self.cx.at(c, &key, "azure `credentials` is \"workload-identity\", \"managed-identity\" or { tenant_id = \"...\", client_id = \"...\", client_secret = \"path::...\" }")),
+        }
+    }
+
+    /// Azure `deployments`: an endpoint each, and a key (or identity)
+    /// defaulting to the route's. An azure route needs deployments or a
+    /// route-level upstream.
     fn deployments(
         &self,
         route_key: &KeySpec,
+        entra: Option<&EntraConfig>,
         has_upstream: bool,
     ) -> Result<Vec<DeploymentConfig>, ConfigError> {
+        let route_identity = entra.and_then(|e| e.identity.clone());
         let mut deployments = Vec::new();
         for (dname, d) in &self.raw().deployments {
             let dk = |f: &str| self.key_name(&format!("deployments.{dname}.{f}"));
@@ -445,9 +538,24 @@ impl RouteCx<'_> {
                     .get_ref()
                     .parse()
                     .map_err(|e| self.cx.at(&dv.endpoint, &dk("endpoint"), e))?,
-                key: match &dv.key {
-                    Some(key) => self.cx.key_spec(key, &dk("key"), false)?,
-                    None => route_key.clone(),
+                key: match (&dv.key, &dv.credentials) {
+                    (Some(key), None) => self.cx.key_spec(key, &dk("key"), false)?,
+                    (Some(key), Some(_)) => {
+                        return Err(self.cx.at(
+                            key,
+                            &dk("key"),
+                            "set `key` or `credentials`, not both",
+                        ));
+                    }
+                    (None, Some(_)) => KeySpec::single(Location::None),
+                    (None, None) => route_key.clone(),
+                },
+                entra: match (&dv.key, &dv.credentials) {
+                    (None, Some(c)) => {
+                        Some(self.entra_identity(c, &format!("deployments.{dname}.credentials"))?)
+                    }
+                    (None, None) => route_identity.clone(),
+                    (Some(_), _) => None,
                 },
             });
         }
@@ -522,7 +630,7 @@ impl RouteCx<'_> {
             let location = self.cx.location(loc.get_ref(), loc, &key)?;
             if matches!(
                 location,
-                Location::None | Location::Metadata | Location::AwsChain
+                Location::None | Location::Metadata | Location::Ambient(_)
             ) {
                 return Err(self.cx.at(
                     loc,

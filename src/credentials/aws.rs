@@ -15,6 +15,9 @@ use super::{HealthScope, KeySet, KeySpec, KeyValue, Location, Minting};
 use crate::secret::{Fingerprint, Secret};
 use crate::tokens::aws::{Fixed, chain};
 
+/// How the AWS chain shows as a location.
+pub(crate) const AWS_CHAIN: &str = "aws-chain";
+
 /// Where a signing route's AWS keys come from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum AwsSource<'a> {
@@ -37,7 +40,7 @@ impl KeySet {
         minting: Minting<'_>,
     ) -> Self {
         let location = match source {
-            AwsSource::Chain { .. } => Location::AwsChain,
+            AwsSource::Chain { .. } => Location::Ambient(AWS_CHAIN),
             AwsSource::Keys { access_key_id, .. } => access_key_id.clone(),
         };
         Self::build(&KeySpec::single(location), scope, |location| {

@@ -29,9 +29,11 @@ pub(crate) enum Location {
     None,
     /// `metadata`: the GKE metadata server (Vertex routes only).
     Metadata,
-    /// The AWS SDKs' credential chain (an AWS route without `credentials`
-    /// or `key`). Never written in a config: shown as `aws-chain`.
-    AwsChain,
+    /// An identity the pod's environment provides, by name: `aws-chain`
+    /// (an AWS route without `credentials` or `key`), `workload-identity`
+    /// and `managed-identity` (Azure). Never parsed from a location string:
+    /// the settings that take one name it.
+    Ambient(&'static str),
 }
 
 /// The name in `dynamic::NAME` together with its prepared header name.
@@ -143,7 +145,7 @@ impl fmt::Display for Location {
             Self::Dynamic(d) => write!(f, "dynamic::{}", d.name),
             Self::None => f.write_str("none"),
             Self::Metadata => f.write_str("metadata"),
-            Self::AwsChain => f.write_str("aws-chain"),
+            Self::Ambient(name) => f.write_str(name),
         }
     }
 }

@@ -12,6 +12,7 @@
 
 mod aws;
 mod candidates;
+mod entra;
 pub(crate) mod location;
 pub(crate) mod pool;
 pub(crate) mod resolve;
@@ -27,7 +28,8 @@ pub(crate) use location::{DYNAMIC_HEADER_PREFIX, Location};
 
 use crate::tokens::TokenCache;
 use crate::tokens::aws::AwsKeys;
-pub(crate) use aws::AwsSource;
+pub(crate) use aws::{AWS_CHAIN, AwsSource};
+pub(crate) use entra::EntraIdentity;
 use pool::{Cursor, HealthRegistry, KeyHealth};
 use resolve::Unavailable;
 pub(crate) use value::Minting;

@@ -86,7 +86,7 @@ impl Reader<'_> {
                     .ok_or_else(|| Unavailable::new(location, "environment variable is not set"))?;
                 self.read_raw(location, Path::new(&path))?
             }
-            Location::Dynamic(_) | Location::None | Location::Metadata | Location::AwsChain => {
+            Location::Dynamic(_) | Location::None | Location::Metadata | Location::Ambient(_) => {
                 return Err(Unavailable::new(location, "is not a stored credential"));
             }
         };

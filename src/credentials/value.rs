@@ -11,6 +11,8 @@ use std::sync::Arc;
 use super::resolve::{Reader, Unavailable};
 use super::{Fingerprint, HealthScope, KeySet, KeySpec, KeyValue, Location};
 use crate::metrics::RouteMetrics;
+use crate::tokens::authorized_user::AuthorizedUser;
+use crate::tokens::external_account::ExternalAccount;
 use crate::tokens::jwt::ServiceAccount;
 use crate::tokens::metadata::{self, MetadataServer};
 use crate::tokens::{Mint, TokenRegistry};
@@ -104,7 +106,7 @@ fn token_source(
         Location::Dynamic(name) => return KeyValue::Dynamic(name.clone()),
         Location::Metadata => Ok(metadata_server(reader)),
         // Config validation keeps the AWS chain to AWS routes.
-        Location::AwsChain => Err(Unavailable::reason(location, "not a Vertex credential")),
+        Location::Ambient(_) => Err(Unavailable::reason(location, "not a Vertex credential")),
         Location::Env(var) | Location::PathFromEnv(var) => match reader.env.var(var) {
             Some(path) => service_account(reader, location, Path::new(&path)),
             None => Err(Unavailable::reason(
@@ -154,7 +156,9 @@ fn metadata_server(reader: Reader<'_>) -> Found {
     }
 }
 
-/// Reads and parses a service-account JSON.
+/// Reads a Google credentials JSON and parses it by its `type`, as Google's
+/// libraries do: `service_account` (a key), `external_account` (Workload
+/// Identity Federation) or `authorized_user` (a refresh token).
 fn service_account(
     reader: Reader<'_>,
     location: &Location,
@@ -162,10 +166,26 @@ fn service_account(
 ) -> Result<Found, Unavailable> {
     // A JSON file, not a header value: newlines and any UTF-8 are fine.
     let json = reader.read_raw(location, path)?;
-    let account = ServiceAccount::parse(&json).map_err(|e| Unavailable::reason(location, e))?;
+    #[derive(serde::Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type")]
+        ty: Option<String>,
+    }
+    let ty = serde_json::from_slice::<TypeOnly>(&json)
+        .ok()
+        .and_then(|t| t.ty);
+    let source: Arc<dyn Mint> = match ty.as_deref() {
+        Some("external_account") => {
+            Arc::new(ExternalAccount::parse(&json).map_err(|e| Unavailable::reason(location, e))?)
+        }
+        Some("authorized_user") => {
+            Arc::new(AuthorizedUser::parse(&json).map_err(|e| Unavailable::reason(location, e))?)
+        }
+        _ => Arc::new(ServiceAccount::parse(&json).map_err(|e| Unavailable::reason(location, e))?),
+    };
     Ok(Found {
-        fingerprint: account.fingerprint,
+        fingerprint: Fingerprint::of(&json),
         digest: Fingerprint::digest_of(&json),
-        source: Arc::new(account),
+        source,
     })
 }

@@ -27,8 +27,10 @@ pub(crate) fn inject(spec: &Spec, headers: &mut HeaderMap, chosen: Chosen<'_>) {
                 headers.insert(auth.header(), v);
             }
         }
+        // A minted token is always a Bearer token, also on azure (whose
+        // keys go in `api-key`): Entra ID tokens replace the key.
         Chosen::Minted(value) => {
-            headers.insert(auth.header(), value);
+            headers.insert(http::header::AUTHORIZATION, value);
         }
         // The fallback loop turns a token source into `Minted` first; an
         // unresolved one sends nothing rather than guessing. AWS keys sign

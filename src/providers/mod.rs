@@ -66,7 +66,8 @@ pub(crate) enum Auth {
 pub(crate) enum Family {
     /// One upstream, one key (or pool) put in a header.
     ApiKey,
-    /// A key and endpoint per deployment, chosen from the path.
+    /// A key (or an Entra ID identity, [`crate::tokens::entra`]) and an
+    /// endpoint per deployment, chosen from the path.
     Azure,
     /// OAuth2 access tokens minted from a service account or the GKE
     /// metadata server ([`crate::tokens`]).
@@ -183,7 +184,7 @@ pub(crate) static SPECS: [Spec; 19] = [
         rejects: Rejects::Status401,
         model_in: ModelIn::AzureDeployment,
         default_headers: NO_HEADERS,
-        refresh_on_reject: false,
+        refresh_on_reject: true,
     },
     Spec {
         ty: P::Anthropic,

@@ -19,7 +19,7 @@ use super::snapshot::{InboundToken, Problem, Snapshot, Stale};
 use crate::config::{AwsAuth, Config, RouteConfig};
 use crate::credentials::resolve::{Reader, Unavailable};
 use crate::credentials::{
-    AwsSource, HealthScope, KeySet, KeySpec, KeyValue, Location, Minting, Secret,
+    AwsSource, EntraIdentity, HealthScope, KeySet, KeySpec, KeyValue, Location, Minting, Secret,
 };
 use crate::env::Env;
 use crate::files::Files;
@@ -133,7 +133,10 @@ impl Cx<'_> {
                 let mut deployments = HashMap::with_capacity(rc.deployments.len());
                 for d in &rc.deployments {
                     let label = format!("deployments.{}.key", d.name);
-                    let keys = self.keys(rc, &label, &d.key, prefix);
+                    let keys = match &d.entra {
+                        Some(identity) => self.entra(rc, &label, identity, &client),
+                        None => self.keys(rc, &label, &d.key, prefix),
+                    };
                     deployments.insert(
                         Box::from(d.name.as_str()),
                         Target {
@@ -142,9 +145,13 @@ impl Cx<'_> {
                         },
                     );
                 }
+                let identity = rc.entra.as_ref().and_then(|e| e.identity.as_ref());
                 let default = rc.upstream.as_ref().map(|upstream| Target {
                     upstream: upstream.clone(),
-                    keys: self.keys(rc, "key", &rc.key, prefix),
+                    keys: match identity {
+                        Some(identity) => self.entra(rc, "key", identity, &client),
+                        None => self.keys(rc, "key", &rc.key, prefix),
+                    },
                 });
                 Targets::Azure {
                     deployments,
@@ -235,16 +242,33 @@ impl Cx<'_> {
         note_missing(&mut self.problems, rc, label, set);
     }
 
-    /// The route's `credentials`, a setting of token sources that mint
-    /// through `client`, resolved by `resolve`; last good values kept.
+    /// Entra ID tokens for an azure route or deployment.
+    fn entra(
+        &mut self,
+        rc: &RouteConfig,
+        label: &str,
+        identity: &EntraIdentity,
+        client: &Client,
+    ) -> KeySet {
+        let token_scope = rc
+            .entra
+            .as_ref()
+            .map_or(crate::tokens::entra::DEFAULT_SCOPE, |e| e.scope.as_str());
+        self.minted(rc, label, client, |reader, scope, minting| {
+            KeySet::resolve_entra(identity, token_scope, reader, scope, minting)
+        })
+    }
+
+    /// A setting of token sources (labelled `label`) that mint through
+    /// `client`, resolved by `resolve`; last good values kept.
     fn minted(
         &mut self,
         rc: &RouteConfig,
+        label: &str,
         client: &Client,
         resolve: impl FnOnce(Reader<'_>, &HealthScope<'_>, Minting<'_>) -> KeySet,
     ) -> KeySet {
         let reg = self.inputs.reg;
-        let label = "credentials";
         let scope = HealthScope {
             registry: &reg.health,
             route: &rc.name,
@@ -270,7 +294,7 @@ impl Cx<'_> {
                 project: None,
                 location: None,
             });
-        let keys = self.minted(rc, client, |reader, scope, minting| {
+        let keys = self.minted(rc, "credentials", client, |reader, scope, minting| {
             KeySet::resolve_tokens(&settings.credentials, reader, scope, minting)
         });
         // The project defaults to the first service account's.
@@ -331,7 +355,7 @@ impl Cx<'_> {
             },
             AwsAuth::Chain | AwsAuth::ApiKey => AwsSource::Chain { region: &region },
         };
-        let keys = self.minted(rc, client, |reader, scope, minting| {
+        let keys = self.minted(rc, "credentials", client, |reader, scope, minting| {
             KeySet::resolve_aws(source, reader, scope, minting)
         });
         Targets::Aws(AwsTarget {
@@ -363,7 +387,7 @@ impl Cx<'_> {
                 fatal: true,
                 required: rc.required,
                 reasons: vec![Unavailable::reason(
-                    &Location::AwsChain,
+                    &Location::Ambient(crate::credentials::AWS_CHAIN),
                     "no AWS region: set `region` on the route, or AWS_REGION (lowercase letters, digits, `-`)",
                 )],
             });

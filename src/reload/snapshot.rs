@@ -223,7 +223,7 @@ impl Snapshot {
                 | Location::Dynamic(_)
                 | Location::None
                 | Location::Metadata
-                | Location::AwsChain,
+                | Location::Ambient(_),
                 _,
             ) => {}
         };

@@ -29,13 +29,18 @@
 //! identity through STS, container and instance metadata endpoints). Every
 //! endpoint is asked through one bounded exchange (`fetch.rs`).
 
+pub(crate) mod authorized_user;
 pub(crate) mod aws;
 mod cache;
+pub(crate) mod entra;
+pub(crate) mod external_account;
 mod fetch;
 pub(crate) mod jwt;
 pub(crate) mod metadata;
 pub(crate) mod oauth;
 mod registry;
+mod time;
+mod token_file;
 
 use std::fmt;
 use std::future::Future;

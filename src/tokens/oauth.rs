@@ -38,6 +38,29 @@ pub(crate) async fn exchange(
     parse(&body).map_err(|reason| MintError::BadAnswer { host, reason })
 }
 
+/// A `POST` of `fields` as an `application/x-www-form-urlencoded` body,
+/// the shape of every OAuth2 grant.
+///
+/// # Errors
+///
+/// [`MintError::Request`] when `uri` is not a URI.
+pub(crate) fn form_post(
+    uri: &str,
+    fields: &[(&str, &str)],
+) -> Result<Request<UpstreamBody>, MintError> {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in fields {
+        form.append_pair(name, value);
+    }
+    Request::post(uri)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(UpstreamBody::buffered(bytes::Bytes::from(form.finish())))
+        .map_err(|e| MintError::Request(format!("bad token endpoint: {e}")))
+}
+
 /// `error error_description` of an OAuth error body, or nothing.
 fn oauth_error(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
@@ -48,7 +71,9 @@ fn oauth_error(body: &[u8]) -> String {
                 .get("error_description")
                 .and_then(|d| d.as_str())
                 .unwrap_or("");
-            Some(format!("{e} {d}").trim().to_owned())
+            // Text from the endpoint: escaped before it reaches a log.
+            let text = format!("{e} {d}");
+            Some(super::fetch::printable(text.trim().as_bytes(), 300))
         })
         .unwrap_or_default()
 }

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use http::{HeaderValue, Request, Uri};
 
 use super::super::fetch::{fetch, printable};
-use super::{Mint, MintError, MintFuture, parse_json_keys, read_token_file};
+use super::{Mint, MintError, MintFuture, parse_json_keys};
 use crate::secret::Secret;
 use crate::upstream::{Client, UpstreamBody};
 
@@ -73,7 +73,7 @@ impl Container {
             Auth::None => return Ok(None),
             Auth::Value(secret) => secret.header_value("").map_err(bad)?,
             Auth::File(path) => {
-                let token = read_token_file(path).await?;
+                let token = super::super::token_file::read(path).await?;
                 HeaderValue::from_str(&token).map_err(|_| {
                     MintError::Request(format!(
                         "token file {}: not a valid header value",

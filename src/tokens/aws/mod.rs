@@ -18,10 +18,8 @@ pub(crate) mod chain;
 pub(crate) mod container;
 pub(crate) mod imds;
 pub(crate) mod sts;
-mod time;
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +27,6 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use zeroize::Zeroizing;
 
 use super::{Credential, Mint, MintError, MintFuture, Minted};
-use crate::files::Kind;
 use crate::secret::Fingerprint;
 use crate::upstream::Client;
 
@@ -131,7 +128,7 @@ pub(crate) fn minted(
     let (lifetime, expiry) = match expiration {
         None => (DEFAULT_LIFETIME, None),
         Some(text) => {
-            let at = time::parse_rfc3339(text)
+            let at = super::time::parse_rfc3339(text)
                 .ok_or_else(|| "Expiration is not an RFC 3339 time".to_owned())?;
             let left = at
                 .duration_since(now)
@@ -249,29 +246,4 @@ fn parse_json_keys(body: &[u8], now: SystemTime) -> Result<Minted, String> {
         k.expiration.as_deref(),
         now,
     )
-}
-
-/// Reads a token file (a projected service-account token the kubelet
-/// rotates) off the runtime threads, bounded like every credential file.
-///
-/// # Errors
-///
-/// [`MintError::Request`] naming the file and the reason.
-async fn read_token_file(path: &Path) -> Result<Zeroizing<String>, MintError> {
-    let owned = path.to_path_buf();
-    let read = tokio::task::spawn_blocking(move || crate::files::read(&owned, Kind::Credential))
-        .await
-        .map_err(|e| MintError::Request(format!("reading {}: {e}", path.display())))?;
-    let contents =
-        read.map_err(|e| MintError::Request(format!("token file {}: {e}", path.display())))?;
-    let text = std::str::from_utf8(&contents.bytes)
-        .map_err(|_| MintError::Request(format!("token file {}: not UTF-8", path.display())))?
-        .trim();
-    if text.is_empty() {
-        return Err(MintError::Request(format!(
-            "token file {}: empty",
-            path.display()
-        )));
-    }
-    Ok(Zeroizing::new(text.to_owned()))
 }

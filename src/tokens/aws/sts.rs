@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, Uri};
 
 use super::super::fetch::{fetch, printable};
-use super::{Mint, MintError, MintFuture, Minted, minted, read_token_file};
+use super::{Mint, MintError, MintFuture, Minted, minted};
 use crate::upstream::{Client, UpstreamBody};
 
 /// `AssumeRoleWithWebIdentity` with the token in a file.
@@ -100,7 +100,7 @@ impl Mint for WebIdentity {
 
     fn mint<'a>(&'a self, client: &'a Client, now: SystemTime) -> MintFuture<'a> {
         Box::pin(async move {
-            let token = read_token_file(&self.token_file).await?;
+            let token = super::super::token_file::read(&self.token_file).await?;
             let req = self
                 .request(&token)
                 .map_err(|e| MintError::Request(format!("cannot build the STS request: {e}")))?;

@@ -1,10 +1,10 @@
-//! RFC 3339 times as AWS answers them (`2026-12-06T21:00:00Z`, with or
+//! RFC 3339 times as AWS and Google answer them (`2026-12-06T21:00:00Z`, with or
 //! without fractions, `Z` or an offset), without a date-time crate.
 
 use std::time::{Duration, SystemTime};
 
 /// The instant `text` names, or `None` when it is not an RFC 3339 time.
-pub(super) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let b = text.trim().as_bytes();
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let s = std::str::from_utf8(b.get(range)?).ok()?;
