@@ -328,3 +328,578 @@ pub async fn metadata_server(tokens: Arc<Tokens>, account: &str) -> Mock {
     })
     .await
 }
+
+// --- Keyless: Workload Identity Federation and authorized_user -------------
+
+pub const WIF_AUDIENCE: &str = "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/eks-pool/providers/eks";
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// What google-auth asks STS for when it will impersonate.
+pub const IAM_SCOPE: &str = "https://www.googleapis.com/auth/iam";
+/// Who a federated token (not impersonated) belongs to.
+pub const FEDERATED_PRINCIPAL: &str = "principal://iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/eks-pool/subject/system:serviceaccount:default:app";
+/// The service account federation impersonates.
+pub const IMPERSONATED: &str = "vertex-caller@proj.iam.gserviceaccount.com";
+/// The path of the url credential source on the federation mock.
+pub const SUBJECT_PATH: &str = "/subject-token";
+/// The header the url credential source must send.
+pub const SUBJECT_HEADER: (&str, &str) = ("metadata-flavor", "sidekey-test");
+/// The JSON field the url credential source answers the subject token in.
+pub const SUBJECT_FIELD: &str = "id_token";
+
+/// Where an `external_account` file takes its subject token from.
+#[derive(Clone, Debug)]
+pub enum Subject {
+    /// `credential_source.file`, text format: the file's current content.
+    File(std::path::PathBuf),
+    /// `credential_source.url` on the federation mock, json format
+    /// (`subject_token_field_name` = [`SUBJECT_FIELD`]) with the
+    /// [`SUBJECT_HEADER`] header: the current value.
+    Url(Arc<Mutex<String>>),
+}
+
+impl Subject {
+    /// The subject token STS must receive now.
+    pub fn current(&self) -> String {
+        match self {
+            Self::File(path) => std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("mock: cannot read {}: {e}", path.display()))
+                .trim()
+                .to_owned(),
+            Self::Url(value) => value.lock().unwrap().clone(),
+        }
+    }
+}
+
+/// One STS exchange or generateAccessToken call the federation mock received.
+#[derive(Clone, Debug)]
+pub struct FedCall {
+    pub at: Instant,
+    /// The decoded STS form, or the generateAccessToken JSON body.
+    pub fields: HashMap<String, String>,
+    pub body: serde_json::Value,
+    pub request: Recorded,
+}
+
+impl FedCall {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+/// Workload Identity Federation: STS (`/v1/token`), IAM Credentials
+/// (`generateAccessToken`) and a url subject-token source, on one mock.
+/// Tokens Vertex must accept go into `tokens` (the [`vertex_endpoint`]'s
+/// state); with impersonation, STS tokens do not (they only open
+/// generateAccessToken), so Vertex accepts only the impersonated ones.
+pub struct Federation {
+    pub tokens: Arc<Tokens>,
+    pub subject: Subject,
+    /// `Some(email)`: the file names `service_account_impersonation_url`.
+    pub impersonate: Option<String>,
+    sts_tokens: Mutex<HashMap<String, Instant>>,
+    sts: Mutex<Vec<FedCall>>,
+    iam: Mutex<Vec<FedCall>>,
+    subject_fetches: Mutex<Vec<Recorded>>,
+    counter: AtomicUsize,
+}
+
+impl Federation {
+    /// `tokens.expires_in` is the lifetime of every token it issues;
+    /// `tokens.outage` fails STS with 503, `tokens.delay_ms` delays it.
+    pub fn new(tokens: Arc<Tokens>, subject: Subject, impersonate: Option<&str>) -> Arc<Self> {
+        Arc::new(Self {
+            tokens,
+            subject,
+            impersonate: impersonate.map(str::to_owned),
+            sts_tokens: Mutex::default(),
+            sts: Mutex::default(),
+            iam: Mutex::default(),
+            subject_fetches: Mutex::default(),
+            counter: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn sts_calls(&self) -> Vec<FedCall> {
+        self.sts.lock().unwrap().clone()
+    }
+
+    pub fn iam_calls(&self) -> Vec<FedCall> {
+        self.iam.lock().unwrap().clone()
+    }
+
+    /// The STS tokens issued while impersonating (Vertex refuses them).
+    pub fn sts_tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = self.sts_tokens.lock().unwrap().keys().cloned().collect();
+        tokens.sort();
+        tokens
+    }
+
+    pub fn subject_fetches(&self) -> Vec<Recorded> {
+        self.subject_fetches.lock().unwrap().clone()
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        self.tokens.problems.lock().unwrap().clone()
+    }
+
+    pub fn assert_no_problems(&self) {
+        let p = self.problems();
+        assert!(p.is_empty(), "the federation mock saw: {p:#?}");
+    }
+
+    fn problem(&self, p: String) -> String {
+        self.tokens.problems.lock().unwrap().push(p.clone());
+        p
+    }
+
+    /// The `external_account` JSON for a federation mock at `base`.
+    pub fn json(&self, base: &str) -> String {
+        let credential_source = match &self.subject {
+            Subject::File(path) => serde_json::json!({
+                "file": path.display().to_string(),
+                "format": {"type": "text"},
+            }),
+            Subject::Url(_) => serde_json::json!({
+                "url": format!("{base}{SUBJECT_PATH}"),
+                "headers": {"Metadata-Flavor": SUBJECT_HEADER.1},
+                "format": {"type": "json", "subject_token_field_name": SUBJECT_FIELD},
+            }),
+        };
+        let mut v = serde_json::json!({
+            "universe_domain": "googleapis.com",
+            "type": "external_account",
+            "audience": WIF_AUDIENCE,
+            "subject_token_type": JWT_TOKEN_TYPE,
+            "token_url": format!("{base}/v1/token"),
+            "credential_source": credential_source,
+        });
+        if let Some(email) = &self.impersonate {
+            v["service_account_impersonation_url"] =
+                format!("{base}/v1/projects/-/serviceAccounts/{email}:generateAccessToken").into();
+        }
+        let mut text = serde_json::to_string_pretty(&v).unwrap();
+        text.push('\n');
+        text
+    }
+
+    fn next(&self) -> usize {
+        self.counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn answer(&self, r: &Recorded) -> Reply {
+        let path = r.uri.path();
+        if path == SUBJECT_PATH {
+            return self.subject_source(r);
+        }
+        if path == "/v1/token" {
+            let reply = self.exchange(r);
+            let delay = self.tokens.delay_ms.load(Ordering::Relaxed);
+            return if delay == 0 {
+                reply
+            } else {
+                Reply::After(Duration::from_millis(delay), Box::new(reply))
+            };
+        }
+        if path.starts_with("/v1/projects/-/serviceAccounts/")
+            && path.ends_with(":generateAccessToken")
+        {
+            return self.generate(r);
+        }
+        let p = self.problem(format!(
+            "federation: unexpected {} {}",
+            r.method,
+            r.path_and_query()
+        ));
+        Reply::json(
+            404,
+            serde_json::json!({"error": {"code": 404, "message": p}}).to_string(),
+        )
+    }
+
+    fn subject_source(&self, r: &Recorded) -> Reply {
+        self.subject_fetches.lock().unwrap().push(r.clone());
+        let Subject::Url(value) = &self.subject else {
+            let p = self.problem("the url source was asked, but the file names a file".into());
+            return Reply::json(404, serde_json::json!({"error": p}).to_string());
+        };
+        if r.method != http::Method::GET || r.header(SUBJECT_HEADER.0) != Some(SUBJECT_HEADER.1) {
+            let p = self.problem(format!(
+                "subject token source: {} with {}: {:?}",
+                r.method,
+                SUBJECT_HEADER.0,
+                r.header(SUBJECT_HEADER.0)
+            ));
+            return Reply::json(403, serde_json::json!({"error": p}).to_string());
+        }
+        let token = value.lock().unwrap().clone();
+        Reply::json(
+            200,
+            serde_json::json!({SUBJECT_FIELD: token, "token_type": "Bearer", "expires_in": 3600})
+                .to_string(),
+        )
+    }
+
+    /// STS token exchange (RFC 8693 as Google's STS takes it).
+    fn exchange(&self, r: &Recorded) -> Reply {
+        self.tokens.requests.fetch_add(1, Ordering::Relaxed);
+        let f = super::aws::form(&r.body);
+        self.sts.lock().unwrap().push(FedCall {
+            at: Instant::now(),
+            fields: f.clone(),
+            body: serde_json::Value::Null,
+            request: r.clone(),
+        });
+        let refuse = |this: &Self, p: String| {
+            let p = this.problem(format!("STS: {p}"));
+            Reply::json(
+                400,
+                serde_json::json!({"error": "invalid_request", "error_description": p}).to_string(),
+            )
+        };
+        if r.method != http::Method::POST {
+            return refuse(self, format!("method {}", r.method));
+        }
+        if !r
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
+        {
+            return refuse(self, format!("content-type {:?}", r.header("content-type")));
+        }
+        if r.header("authorization").is_some() {
+            return refuse(
+                self,
+                "an Authorization header (no client authentication is configured)".into(),
+            );
+        }
+        let required = [
+            "grant_type",
+            "audience",
+            "scope",
+            "requested_token_type",
+            "subject_token",
+            "subject_token_type",
+        ];
+        let mut names: Vec<&String> = f.keys().collect();
+        names.sort();
+        if names.len() != required.len() || !names.iter().all(|n| required.contains(&n.as_str())) {
+            return refuse(
+                self,
+                format!("fields {names:?}, expected exactly {required:?}"),
+            );
+        }
+        for (name, want) in [
+            ("grant_type", TOKEN_EXCHANGE),
+            ("audience", WIF_AUDIENCE),
+            ("requested_token_type", ACCESS_TOKEN_TYPE),
+            ("subject_token_type", JWT_TOKEN_TYPE),
+        ] {
+            if f[name] != want {
+                return refuse(self, format!("{name} = {:?}, expected {want:?}", f[name]));
+            }
+        }
+        // google-auth asks for the iam scope when it will impersonate, the
+        // target scope otherwise; Google's STS accepts either.
+        if f["scope"] != SCOPE && f["scope"] != IAM_SCOPE {
+            return refuse(self, format!("scope {:?}", f["scope"]));
+        }
+        let current = self.subject.current();
+        if f["subject_token"] != current {
+            return refuse(
+                self,
+                format!(
+                    "subject_token {:?} is not the current subject token {current:?}",
+                    f["subject_token"]
+                ),
+            );
+        }
+        if self.tokens.outage.load(Ordering::Relaxed) {
+            return Reply::json(503, r#"{"error":"temporarily_unavailable"}"#);
+        }
+        let n = self.next();
+        let token = format!("ya29.sts-federated-{n}");
+        let expires_in = self.tokens.expires_in.load(Ordering::Relaxed);
+        let expires = Instant::now() + Duration::from_secs(expires_in);
+        if self.impersonate.is_some() {
+            self.sts_tokens
+                .lock()
+                .unwrap()
+                .insert(token.clone(), expires);
+        } else {
+            self.tokens.issued.lock().unwrap().insert(
+                token.clone(),
+                Issued {
+                    iss: FEDERATED_PRINCIPAL.to_owned(),
+                    expires,
+                },
+            );
+        }
+        Reply::json(
+            200,
+            serde_json::json!({
+                "access_token": token,
+                "issued_token_type": ACCESS_TOKEN_TYPE,
+                "token_type": "Bearer",
+                "expires_in": expires_in,
+            })
+            .to_string(),
+        )
+    }
+
+    /// IAM Credentials `generateAccessToken`, authorized by a live STS token.
+    fn generate(&self, r: &Recorded) -> Reply {
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        self.iam.lock().unwrap().push(FedCall {
+            at: Instant::now(),
+            fields: HashMap::new(),
+            body: body.clone(),
+            request: r.clone(),
+        });
+        let refuse = |this: &Self, status: u16, p: String| {
+            let p = this.problem(format!("generateAccessToken: {p}"));
+            Reply::json(
+                status,
+                serde_json::json!({"error": {"code": status, "message": p, "status": "PERMISSION_DENIED"}})
+                    .to_string(),
+            )
+        };
+        let Some(email) = &self.impersonate else {
+            return refuse(self, 404, "called without impersonation configured".into());
+        };
+        let path = r.uri.path();
+        if path != format!("/v1/projects/-/serviceAccounts/{email}:generateAccessToken") {
+            return refuse(self, 404, format!("path {path}"));
+        }
+        if r.method != http::Method::POST {
+            return refuse(self, 405, format!("method {}", r.method));
+        }
+        if !r
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/json"))
+        {
+            return refuse(
+                self,
+                400,
+                format!("content-type {:?}", r.header("content-type")),
+            );
+        }
+        let sts_token = r
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let live = self
+            .sts_tokens
+            .lock()
+            .unwrap()
+            .get(sts_token)
+            .is_some_and(|e| Instant::now() < *e);
+        if !live {
+            return refuse(
+                self,
+                401,
+                format!(
+                    "Authorization {:?} is no live STS token",
+                    r.header("authorization")
+                ),
+            );
+        }
+        // google-auth sends {"delegates": null, "scope": [...], "lifetime": "3600s"}.
+        let Some(obj) = body.as_object() else {
+            return refuse(self, 400, format!("body is not a JSON object: {body}"));
+        };
+        for key in obj.keys() {
+            if !["scope", "lifetime", "delegates"].contains(&key.as_str()) {
+                return refuse(self, 400, format!("unexpected field {key} in {body}"));
+            }
+        }
+        if body["scope"] != serde_json::json!([SCOPE]) {
+            return refuse(self, 400, format!("scope {}", body["scope"]));
+        }
+        let lifetime_ok = match &body["lifetime"] {
+            serde_json::Value::Null => true,
+            serde_json::Value::String(s) => s
+                .strip_suffix('s')
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| (1..=43_200).contains(&n)),
+            _ => false,
+        };
+        if !lifetime_ok {
+            return refuse(self, 400, format!("lifetime {}", body["lifetime"]));
+        }
+        if !(body["delegates"].is_null() || body["delegates"] == serde_json::json!([])) {
+            return refuse(self, 400, format!("delegates {}", body["delegates"]));
+        }
+        let n = self.next();
+        let token = format!("ya29.impersonated-{n}");
+        let expires_in = self.tokens.expires_in.load(Ordering::Relaxed);
+        self.tokens.issued.lock().unwrap().insert(
+            token.clone(),
+            Issued {
+                iss: email.clone(),
+                expires: Instant::now() + Duration::from_secs(expires_in),
+            },
+        );
+        let expire_time = super::aws::rfc3339(SystemTime::now() + Duration::from_secs(expires_in));
+        Reply::json(
+            200,
+            serde_json::json!({"accessToken": token, "expireTime": expire_time}).to_string(),
+        )
+    }
+}
+
+/// Starts the federation mock (STS at `/v1/token`, generateAccessToken, the
+/// url subject source); write [`Federation::json`] with its `url`.
+pub async fn federation_endpoint(transport: Transport<'_>, fed: Arc<Federation>) -> Mock {
+    Mock::start(transport, move |r| fed.answer(r)).await
+}
+
+/// Who an `authorized_user` token belongs to.
+pub const USER: &str = "developer@example.com";
+
+/// An `authorized_user` file's secrets and the token endpoint that honours them.
+pub struct AuthorizedUser {
+    pub tokens: Arc<Tokens>,
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
+    grants: Mutex<Vec<FedCall>>,
+    counter: AtomicUsize,
+}
+
+impl AuthorizedUser {
+    pub fn new(tokens: Arc<Tokens>) -> Arc<Self> {
+        Arc::new(Self {
+            tokens,
+            client_id: "764086051850-6qr4p6gpi6hn506pt8ejuq83di341hur.apps.googleusercontent.com"
+                .to_owned(),
+            client_secret: "d-FL95Q19q7MQmFpd7hHD0Ty".to_owned(),
+            refresh_token: "1//0gTestRefreshTokenSecretValue-abcdefghijklmnop".to_owned(),
+            grants: Mutex::default(),
+            counter: AtomicUsize::new(0),
+        })
+    }
+
+    /// The `authorized_user` JSON (as gcloud writes it) with `token_uri`.
+    pub fn json(&self, token_uri: &str) -> String {
+        let v = serde_json::json!({
+            "account": "",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "quota_project_id": "proj",
+            "refresh_token": self.refresh_token,
+            "type": "authorized_user",
+            "universe_domain": "googleapis.com",
+            "token_uri": token_uri,
+        });
+        let mut text = serde_json::to_string_pretty(&v).unwrap();
+        text.push('\n');
+        text
+    }
+
+    pub fn grants(&self) -> Vec<FedCall> {
+        self.grants.lock().unwrap().clone()
+    }
+
+    pub fn assert_no_problems(&self) {
+        let p = self.tokens.problems.lock().unwrap().clone();
+        assert!(
+            p.is_empty(),
+            "the authorized_user token endpoint saw: {p:#?}"
+        );
+    }
+
+    fn answer(&self, r: &Recorded) -> Reply {
+        self.tokens.requests.fetch_add(1, Ordering::Relaxed);
+        let f = super::aws::form(&r.body);
+        self.grants.lock().unwrap().push(FedCall {
+            at: Instant::now(),
+            fields: f.clone(),
+            body: serde_json::Value::Null,
+            request: r.clone(),
+        });
+        let refuse = |p: String| {
+            self.tokens
+                .problems
+                .lock()
+                .unwrap()
+                .push(format!("refresh grant: {p}"));
+            Reply::json(
+                400,
+                serde_json::json!({"error": "invalid_grant", "error_description": p}).to_string(),
+            )
+        };
+        if r.method != http::Method::POST || r.uri.path() != "/token" {
+            return refuse(format!("{} {}", r.method, r.path_and_query()));
+        }
+        if !r
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
+        {
+            return refuse(format!("content-type {:?}", r.header("content-type")));
+        }
+        // google-auth adds `scope` when the credentials are scoped.
+        let mut names: Vec<&String> = f.keys().collect();
+        names.sort();
+        let required = ["grant_type", "client_id", "client_secret", "refresh_token"];
+        if !required.iter().all(|n| f.contains_key(*n))
+            || !names
+                .iter()
+                .all(|n| required.contains(&n.as_str()) || n.as_str() == "scope")
+        {
+            return refuse(format!("fields {names:?}, expected {required:?} (+ scope)"));
+        }
+        for (name, want) in [
+            ("grant_type", "refresh_token"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.as_str()),
+            ("refresh_token", self.refresh_token.as_str()),
+        ] {
+            if f[name] != want {
+                return refuse(format!("{name} = {:?}", f[name]));
+            }
+        }
+        if let Some(scope) = f.get("scope")
+            && scope != SCOPE
+        {
+            return refuse(format!("scope {scope:?}"));
+        }
+        if self.tokens.outage.load(Ordering::Relaxed) {
+            return Reply::json(503, r#"{"error":"temporarily_unavailable"}"#);
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let token = format!("ya29.user-{n}");
+        let expires_in = self.tokens.expires_in.load(Ordering::Relaxed);
+        self.tokens.issued.lock().unwrap().insert(
+            token.clone(),
+            Issued {
+                iss: USER.to_owned(),
+                expires: Instant::now() + Duration::from_secs(expires_in),
+            },
+        );
+        let reply = Reply::json(
+            200,
+            serde_json::json!({
+                "access_token": token,
+                "expires_in": expires_in,
+                "scope": SCOPE,
+                "token_type": "Bearer",
+            })
+            .to_string(),
+        );
+        match self.tokens.delay_ms.load(Ordering::Relaxed) {
+            0 => reply,
+            ms => Reply::After(Duration::from_millis(ms), Box::new(reply)),
+        }
+    }
+}
+
+/// Starts the refresh-token endpoint; returns it and its token URI (`/token`).
+pub async fn authorized_user_endpoint(
+    transport: Transport<'_>,
+    user: Arc<AuthorizedUser>,
+) -> (Mock, String) {
+    let mock = Mock::start(transport, move |r| user.answer(r)).await;
+    let uri = format!("{}/token", mock.url);
+    (mock, uri)
+}

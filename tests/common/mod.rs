@@ -10,6 +10,8 @@
 //! - [`process`]: the sidekey binary as a child process.
 //! - [`aws`]: Bedrock/SageMaker, STS, container-credential and IMDS mocks, and
 //!   botocore (`tests/aws/verify_sigv4.py`) verifying what sidekey signed.
+//! - [`entra`]: Microsoft Entra ID's token endpoint, Azure IMDS and an Azure
+//!   OpenAI that accepts only live tokens they issued (keyless Azure).
 
 #![allow(
     dead_code,
@@ -27,6 +29,7 @@
 pub mod aws;
 pub mod client;
 pub mod echo;
+pub mod entra;
 pub mod google;
 pub mod kubelet;
 pub mod mock;
