@@ -25,8 +25,16 @@ pub(crate) enum ProxyError {
     AbsoluteForm,
     #[error("CONNECT is refused: sidekey is not a forward proxy")]
     Connect,
-    #[error("protocol upgrades (WebSocket) are not supported")]
+    #[error("protocol upgrades other than WebSocket over HTTP/1.1 are not supported")]
     Upgrade,
+    /// A web page's request (design.md, "WebSocket: realtime and live APIs").
+    #[error("requests from web pages are refused: origin `{origin}` is not in `allowed_origins`")]
+    OriginNotAllowed { origin: String },
+    /// A loopback listener reached under a name that is not its own (DNS rebinding).
+    #[error(
+        "host `{host}` is refused on a loopback listener: use localhost or a loopback address, or list it in `allowed_hosts`"
+    )]
+    HostNotAllowed { host: String },
     #[error(
         "the path has a `.` or `..` segment or an encoded slash: refused, since the provider would resolve it to another path than the one checked"
     )]
@@ -108,6 +116,8 @@ impl ProxyError {
             Self::DotSegment => (S::BAD_REQUEST, "bad_path"),
             Self::Connect => (S::METHOD_NOT_ALLOWED, "connect_refused"),
             Self::Upgrade => (S::NOT_IMPLEMENTED, "upgrade_not_supported"),
+            Self::OriginNotAllowed { .. } => (S::FORBIDDEN, "origin_not_allowed"),
+            Self::HostNotAllowed { .. } => (S::FORBIDDEN, "host_not_allowed"),
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             Self::ModelNotAllowed { .. } => (S::FORBIDDEN, "model_not_allowed"),
             Self::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
@@ -181,6 +191,8 @@ mod tests {
         AbsoluteForm: ProxyError::AbsoluteForm => 400, "absolute_form_refused";
         Connect: ProxyError::Connect => 405, "connect_refused";
         Upgrade: ProxyError::Upgrade => 501, "upgrade_not_supported";
+        OriginNotAllowed: ProxyError::OriginNotAllowed { origin: r() } => 403, "origin_not_allowed";
+        HostNotAllowed: ProxyError::HostNotAllowed { host: r() } => 403, "host_not_allowed";
         DotSegment: ProxyError::DotSegment => 400, "bad_path";
         Unauthorized: ProxyError::Unauthorized => 401, "unauthorized";
         InboundTokenUnavailable: ProxyError::InboundTokenUnavailable

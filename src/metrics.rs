@@ -23,6 +23,10 @@
 //! - `sidekey_credential_info{route,credential,location,fingerprint}` gauge (1),
 //!   `sidekey_credential_stale_seconds{route,credential,location}` gauge,
 //!   `sidekey_config_stale_seconds` gauge
+//! - `sidekey_websockets_open` gauge, `sidekey_websockets_total{route,status}`
+//!   counter (handshakes by the status answered: 101 opened one),
+//!   `sidekey_websocket_bytes_total{route,direction}` counter (`upstream`:
+//!   client to provider; `downstream`: provider to client)
 //! - `sidekey_build_info{version}` gauge
 
 use std::collections::BTreeMap;
@@ -107,6 +111,10 @@ pub(crate) struct RouteMetrics {
     failovers_rate_limited: AtomicU64,
     tokens_ok: AtomicU64,
     tokens_error: AtomicU64,
+    /// WebSocket handshakes by status answered, indexed by `status - 100`.
+    ws_statuses: Vec<AtomicU64>,
+    ws_bytes_up: AtomicU64,
+    ws_bytes_down: AtomicU64,
     /// Whether the route has logged that a body was too large to retry
     /// (logged once per route, not per request).
     pub(crate) over_limit_logged: AtomicBool,
@@ -122,6 +130,9 @@ impl RouteMetrics {
             failovers_rate_limited: AtomicU64::new(0),
             tokens_ok: AtomicU64::new(0),
             tokens_error: AtomicU64::new(0),
+            ws_statuses: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            ws_bytes_up: AtomicU64::new(0),
+            ws_bytes_down: AtomicU64::new(0),
             over_limit_logged: AtomicBool::new(false),
         }
     }
@@ -151,6 +162,23 @@ impl RouteMetrics {
         }
     }
 
+    /// Counts a WebSocket handshake and the status it was answered with.
+    pub(crate) fn websocket(&self, status: StatusCode) {
+        if let Some(c) = self
+            .ws_statuses
+            .get(usize::from(status.as_u16()).wrapping_sub(100))
+        {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts bytes a WebSocket carried: `up` from the client to the
+    /// provider, `down` back.
+    pub(crate) fn websocket_bytes(&self, up: u64, down: u64) {
+        self.ws_bytes_up.fetch_add(up, Relaxed);
+        self.ws_bytes_down.fetch_add(down, Relaxed);
+    }
+
     /// Records one finished request.
     pub(crate) fn observe(&self, status: StatusCode, elapsed: Duration) {
         if let Some(c) = self
@@ -173,6 +201,8 @@ pub(crate) struct Metrics {
     reloads_error: AtomicU64,
     reload_duration: Histogram<8>,
     last_reload_success: AtomicU64,
+    /// WebSockets open now.
+    websockets_open: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -184,6 +214,7 @@ impl Default for Metrics {
             reloads_error: AtomicU64::new(0),
             reload_duration: Histogram::new(&RELOAD_BUCKETS),
             last_reload_success: AtomicU64::new(0),
+            websockets_open: AtomicU64::new(0),
         }
     }
 }
@@ -262,6 +293,15 @@ impl Metrics {
         &self.unrouted
     }
 
+    /// A WebSocket opened (`true`) or closed.
+    pub(crate) fn websocket_open(&self, open: bool) {
+        if open {
+            self.websockets_open.fetch_add(1, Relaxed);
+        } else {
+            self.websockets_open.fetch_sub(1, Relaxed);
+        }
+    }
+
     /// Counts a reload attempt (the initial load included) and how long it took.
     pub(crate) fn reload(&self, result: ReloadResult, took: Duration) {
         self.reload_duration.observe(took);
@@ -295,6 +335,7 @@ impl Metrics {
         render_tokens(&mut out, &routes, &live.tokens);
         render_credentials(&mut out, live);
         self.render_reloads(&mut out);
+        self.render_websockets(&mut out, &routes);
         out.push_str("# HELP sidekey_build_info The running version.\n");
         out.push_str("# TYPE sidekey_build_info gauge\n");
         let _ = writeln!(
@@ -303,6 +344,46 @@ impl Metrics {
             env!("CARGO_PKG_VERSION")
         );
         out
+    }
+
+    /// WebSockets open, handshakes and bytes.
+    fn render_websockets(&self, out: &mut String, routes: &[Arc<RouteMetrics>]) {
+        out.push_str("# HELP sidekey_websockets_open WebSockets open now.\n");
+        out.push_str("# TYPE sidekey_websockets_open gauge\n");
+        let _ = writeln!(
+            out,
+            "sidekey_websockets_open {}",
+            self.websockets_open.load(Relaxed)
+        );
+        out.push_str("# HELP sidekey_websockets_total WebSocket handshakes, by route and the status answered (101: opened).\n");
+        out.push_str("# TYPE sidekey_websockets_total counter\n");
+        for m in routes {
+            for (i, c) in m.ws_statuses.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let status = i + 100;
+                    let _ = writeln!(
+                        out,
+                        "sidekey_websockets_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                        m.route
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP sidekey_websocket_bytes_total Bytes WebSockets carried, by route and direction (upstream: client to provider).\n");
+        out.push_str("# TYPE sidekey_websocket_bytes_total counter\n");
+        counters(
+            out,
+            "sidekey_websocket_bytes_total",
+            "direction",
+            routes,
+            |m| {
+                [
+                    ("upstream", &m.ws_bytes_up),
+                    ("downstream", &m.ws_bytes_down),
+                ]
+            },
+        );
     }
 
     /// Reload counters, duration and last success.

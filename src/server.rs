@@ -6,8 +6,9 @@
 //! port. The HTTP/1 header-read timeout (slowloris guard, and idle timeout of
 //! keep-alive connections) needs a timer to take effect, so one is set. On
 //! shutdown: `/readyz` turns 503, new connections are still accepted for
-//! `shutdown.drain_delay`, then the listener closes and requests in flight get
-//! up to `shutdown.grace_period` to finish.
+//! `shutdown.drain_delay`, then the listener closes and requests in flight
+//! and open WebSockets get up to `shutdown.grace_period` to finish; the
+//! WebSockets still open then are closed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,12 +20,15 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::proxy;
+use crate::proxy::{self, websocket::Sockets};
 use crate::reload::Shared;
 
 /// Pause after a failed `accept` (for example, out of file descriptors), so
 /// the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Longest wait, after the grace period, for WebSockets to close and log.
+const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves the proxy port until `shutdown` resolves, then drains.
 pub(crate) async fn serve_proxy(
@@ -47,9 +51,13 @@ pub(crate) async fn serve_proxy(
         .keep_alive_timeout(Duration::from_secs(10));
 
     let graceful = GracefulShutdown::new();
+    // Upgraded connections leave hyper (and `graceful`): WebSockets are
+    // tracked here, for the grace period.
+    let sockets = Arc::new(Sockets::default());
     let svc = {
         let shared = shared.clone();
-        service_fn(move |req| proxy::handle(shared.clone(), req))
+        let sockets = sockets.clone();
+        service_fn(move |req| proxy::handle(shared.clone(), sockets.clone(), req))
     };
 
     let accept_one = |stream: tokio::net::TcpStream| {
@@ -57,7 +65,7 @@ pub(crate) async fn serve_proxy(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let conn = builder
-            .serve_connection(TokioIo::new(stream), svc.clone())
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc.clone())
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -107,12 +115,21 @@ pub(crate) async fn serve_proxy(
     drop(listener);
 
     let open = graceful.count();
+    let websockets = sockets.open();
+    let drained = async {
+        graceful.shutdown().await;
+        sockets.closed().await;
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!(connections = open, "drained: every request in flight finished"),
+        () = drained => tracing::info!(connections = open, websockets, "drained: every request in flight finished"),
         () = tokio::time::sleep(settings.grace_period) => {
-            tracing::warn!("grace period over: closing connections that are still busy");
+            tracing::warn!(websockets = sockets.open(), "grace period over: closing connections that are still busy");
         }
     }
+    // WebSockets still open are closed now; their close lines are written
+    // before sidekey exits.
+    sockets.close_all();
+    let _ = tokio::time::timeout(WEBSOCKET_CLOSE_WAIT, sockets.closed()).await;
 }
 
 fn millis(d: Duration) -> u64 {

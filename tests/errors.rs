@@ -244,14 +244,15 @@ async fn forward_proxy_requests_and_upgrades_are_refused() {
     let absolute = raw("GET http://example.com/ok/x HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
     assert!(absolute.starts_with("HTTP/1.1 400"), "{absolute}");
     assert!(absolute.contains("absolute_form_refused"));
+    // WebSocket is proxied (tests/websocket.rs); other upgrades are not.
     let upgrade = raw(
-        "GET /ok/realtime HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET /ok/realtime HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: IRC/6.9\r\n\r\n",
     )
     .await;
     assert!(upgrade.starts_with("HTTP/1.1 501"), "{upgrade}");
     // A `..` the provider would resolve, plain or encoded, never leaves.
     for path in ["/ok/v1/models/a/../b", "/ok/v1/%2e%2E/x", "/ok/v1/a%2Fb"] {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
         let answer = raw(Box::leak(req.into_boxed_str())).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
         assert!(answer.contains("bad_path"), "{answer}");
@@ -261,7 +262,7 @@ async fn forward_proxy_requests_and_upgrades_are_refused() {
     // `Upgrade: h2c` (Java's HttpClient) is ignored: answered in HTTP/1.1,
     // and neither it nor HTTP2-Settings is forwarded.
     let h2c = raw(
-        "GET /ok/v1/models HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+        "GET /ok/v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n\
          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     )
     .await;

@@ -104,6 +104,12 @@ pub(crate) struct Config {
     pub(crate) inbound_token: Option<Location>,
     /// `allow_unauthenticated`: a non-loopback `listen` without a token.
     pub(crate) allow_unauthenticated: bool,
+    /// `allowed_origins`: a request with an `Origin` header is refused
+    /// unless it is one of these (lowercase, no trailing `/`).
+    pub(crate) allowed_origins: Vec<String>,
+    /// `allowed_hosts`: on a loopback listener, `Host` names accepted besides
+    /// `localhost` and loopback addresses (lowercase, no port).
+    pub(crate) allowed_hosts: Vec<String>,
     pub(crate) limits: Limits,
     pub(crate) shutdown: ShutdownSettings,
     pub(crate) reload: ReloadSettings,
@@ -194,6 +200,8 @@ impl Cx<'_> {
     ) -> Result<Config, ConfigError> {
         let (listen, admin_listen) = self.listen_addrs(&raw, overrides)?;
         let inbound_token = self.inbound_token(&raw, listen)?;
+        let allowed_origins = self.allowed_origins(raw.allowed_origins.as_ref())?;
+        let allowed_hosts = self.allowed_hosts(raw.allowed_hosts.as_ref())?;
         let limits = self.limits(&raw.limits)?;
         let shutdown = self.shutdown(&raw.shutdown)?;
         let reload = self.reload(&raw.reload)?;
@@ -213,6 +221,8 @@ impl Cx<'_> {
             ca_file: raw.ca_file.as_ref().map(|v| self.path(v)),
             inbound_token,
             allow_unauthenticated: raw.allow_unauthenticated,
+            allowed_origins,
+            allowed_hosts,
             limits,
             shutdown,
             reload,
@@ -290,6 +300,72 @@ impl Cx<'_> {
             ));
         }
         Ok(inbound_token)
+    }
+}
+
+// === impl Cx: who may call (design.md, "WebSocket: realtime and live APIs") ===
+
+impl Cx<'_> {
+    /// `allowed_origins`: each `scheme://host[:port]` (or `null`), kept
+    /// lowercase without a trailing `/`, as browsers send `Origin`.
+    fn allowed_origins(
+        &self,
+        raw: Option<&Spanned<Vec<String>>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(v) = raw else { return Ok(Vec::new()) };
+        let mut out = Vec::with_capacity(v.get_ref().len());
+        for origin in v.get_ref() {
+            let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+            if o != "null" && !is_origin(&o) {
+                return Err(self.at(
+                    v,
+                    "allowed_origins",
+                    format!("`{origin}` is not an origin: write scheme://host[:port], such as http://localhost:3000"),
+                ));
+            }
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    /// `allowed_hosts`: host names or IP addresses, without port.
+    fn allowed_hosts(
+        &self,
+        raw: Option<&Spanned<Vec<String>>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(v) = raw else { return Ok(Vec::new()) };
+        let mut out = Vec::with_capacity(v.get_ref().len());
+        for host in v.get_ref() {
+            let h = host.trim().to_ascii_lowercase();
+            let ok = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+                && (h.starts_with('[') || !h.contains(':'));
+            if !ok {
+                return Err(self.at(
+                    v,
+                    "allowed_hosts",
+                    format!("`{host}` is not a host name: write it without scheme, port or path"),
+                ));
+            }
+            out.push(h);
+        }
+        Ok(out)
+    }
+}
+
+/// `scheme://authority` with nothing after the authority.
+fn is_origin(text: &str) -> bool {
+    match text.parse::<http::Uri>() {
+        Ok(uri) => {
+            uri.scheme().is_some()
+                && uri.authority().is_some()
+                && uri
+                    .path_and_query()
+                    .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/")
+                && !text.contains('@')
+        }
+        Err(_) => false,
     }
 }
 

@@ -22,6 +22,11 @@ pub(crate) struct ConfigToml {
     pub(crate) inbound_token: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) allow_unauthenticated: bool,
+    /// Origins (`scheme://host[:port]`) whose web pages may call sidekey.
+    pub(crate) allowed_origins: Option<Spanned<Vec<String>>>,
+    /// Host names a loopback listener answers besides `localhost` and
+    /// loopback addresses.
+    pub(crate) allowed_hosts: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub(crate) limits: LimitsToml,
     #[serde(default)]
@@ -45,6 +50,7 @@ pub(crate) struct LimitsToml {
     pub(crate) request_timeout: Option<Spanned<String>>,
     pub(crate) header_read_timeout: Option<Spanned<String>>,
     pub(crate) upstream_streams_per_connection: Option<Spanned<Count>>,
+    pub(crate) websocket_idle: Option<Spanned<String>>,
 }
 
 /// A whole number written `50` or `50.0`: Helm's `toToml` renders every

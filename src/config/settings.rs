@@ -26,6 +26,9 @@ pub(crate) struct Limits {
     /// Requests in flight on one upstream connection before another is
     /// opened (HTTP/2 servers cap concurrent streams per connection).
     pub(crate) upstream_streams_per_connection: usize,
+    /// A WebSocket with no byte either way for this long is closed. Long:
+    /// a realtime voice session can be quiet for many minutes.
+    pub(crate) websocket_idle: Duration,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(600),
             header_read_timeout: Duration::from_secs(10),
             upstream_streams_per_connection: 100,
+            websocket_idle: Duration::from_secs(3600),
         }
     }
 }
@@ -143,6 +147,11 @@ impl Cx<'_> {
                 }
                 Some(v) => usize::try_from(v.get_ref().0).unwrap_or(usize::MAX),
             },
+            websocket_idle: self.duration(
+                l.websocket_idle.as_ref(),
+                "limits.websocket_idle",
+                d.websocket_idle,
+            )?,
         };
         self.nonzero_timeouts(l, &limits)?;
         Ok(limits)
@@ -165,6 +174,11 @@ impl Cx<'_> {
                 &l.header_read_timeout,
                 "limits.header_read_timeout",
                 limits.header_read_timeout,
+            ),
+            (
+                &l.websocket_idle,
+                "limits.websocket_idle",
+                limits.websocket_idle,
             ),
         ] {
             if let (Some(v), true) = (v, value.is_zero()) {

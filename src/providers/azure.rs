@@ -17,6 +17,19 @@ pub(crate) fn deployment(rest: &str) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
+/// The deployment an Azure realtime handshake names in its query
+/// (`/openai/realtime?api-version=...&deployment=NAME`): that API puts it
+/// there rather than in the path.
+pub(crate) fn realtime_deployment<'q>(rest: &str, query: Option<&'q str>) -> Option<&'q str> {
+    if rest.trim_end_matches('/') != "/openai/realtime" {
+        return None;
+    }
+    query?
+        .split('&')
+        .find_map(|p| p.strip_prefix("deployment="))
+        .filter(|name| !name.is_empty())
+}
+
 /// The target (of the deployment, or the default) for a request path on
 /// the azure route `route`.
 ///
@@ -28,9 +41,9 @@ pub(crate) fn target<'r, T>(
     route: &str,
     deployments: &'r HashMap<Box<str>, T>,
     default: Option<&'r T>,
-    rest: &str,
+    named: Option<&str>,
 ) -> Result<&'r T, ProxyError> {
-    match deployment(rest) {
+    match named {
         Some(name) => deployments.get(name).or(default).ok_or_else(|| {
             let mut known: Vec<_> = deployments.keys().map(|k| &**k).collect();
             known.sort_unstable();

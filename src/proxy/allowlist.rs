@@ -67,6 +67,16 @@ pub(crate) async fn check(
     }
 }
 
+/// The model a path names, on routes that put it there (Gemini, Vertex,
+/// Bedrock); `None` elsewhere.
+pub(crate) fn path_model(model_in: ModelIn, rest: &str) -> Option<Cow<'_, str>> {
+    match model_in {
+        ModelIn::PathModelsSegment => models_segment(rest).map(Cow::Borrowed),
+        ModelIn::PathModelSegment => model_segment(rest),
+        ModelIn::JsonBody | ModelIn::AzureDeployment => None,
+    }
+}
+
 fn is_empty(body: &UpstreamBody) -> bool {
     use http_body::Body as _;
     body.is_end_stream()

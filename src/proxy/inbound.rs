@@ -3,7 +3,8 @@
 //!
 //! design.md, "Operations" → Security: sidekey never proxies to a host no route
 //! names, so absolute-form targets (HTTP/1) and CONNECT are refused; protocol
-//! upgrades are answered with 501 rather than half-working. In gateway mode
+//! upgrades other than WebSocket are answered with 501 rather than
+//! half-working. In gateway mode
 //! the inbound token is accepted where the client's SDK already puts its API
 //! key, or in `x-sidekey-token`, and compared in constant time.
 
@@ -23,7 +24,7 @@ static TOKEN_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-goog-api-key"),
 ];
 
-/// Refuses forward-proxy requests and upgrades.
+/// Refuses forward-proxy requests and upgrades other than WebSocket.
 ///
 /// # Errors
 ///
@@ -39,14 +40,15 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     }
     // `Upgrade: h2c` (Java's HttpClient sends it on every new plain-HTTP
     // connection) may be ignored (RFC 9110 §7.8): the answer comes in
-    // HTTP/1.1 and the header is stripped as hop-by-hop. Other upgrades
-    // (WebSocket) cannot be proxied.
+    // HTTP/1.1 and the header is stripped as hop-by-hop. WebSocket is
+    // proxied (`proxy::websocket`); other upgrades cannot be.
     if parts
         .headers
         .get_all(header::UPGRADE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|token| !token.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        .map(<[u8]>::trim_ascii)
+        .any(|t| !t.eq_ignore_ascii_case(b"h2c") && !t.eq_ignore_ascii_case(b"websocket"))
     {
         return Err(ProxyError::Upgrade);
     }

@@ -8,10 +8,13 @@
 //! measured to its last byte.
 //!
 //! Steps, each in its own file: [`inbound`] (refuse forward-proxy requests,
-//! check the inbound token), routing ([`crate::routes`]), credential choice
+//! check the inbound token), [`origin`] (refuse web pages and rebound host
+//! names), routing ([`crate::routes`]), credential choice
 //! ([`crate::credentials`]), [`strip`], [`allowlist`], then [`attempt`] (the
 //! loop over attempts: inject in the provider's form, [`forward`], classify,
-//! fall back), and [`body`] for the way back.
+//! fall back), and [`body`] for the way back. A WebSocket handshake takes
+//! the same steps; [`websocket`] holds what differs and the tunnel after
+//! `101`.
 //!
 //! Every request runs in one `request` span (`id`, `route`): the failover,
 //! token and access-log events of a request carry the same id.
@@ -21,7 +24,9 @@ pub(crate) mod attempt;
 pub(crate) mod body;
 pub(crate) mod forward;
 pub(crate) mod inbound;
+pub(crate) mod origin;
 pub(crate) mod strip;
+pub(crate) mod websocket;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -55,13 +60,23 @@ struct RequestCtx {
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one request. Never fails: errors become envelope responses.
+/// `sockets` holds the WebSockets a handshake may open.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
+    sockets: Arc<websocket::Sockets>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let snap = shared.snapshot();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // A WebSocket handshake: the client's side of the upgrade is taken now
+    // (the steps consume the rest of the request).
+    let ws = websocket::requested(&parts.headers);
+    let client_upgrade = if ws {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     let mut cx = RequestCtx::default();
@@ -73,9 +88,11 @@ pub(crate) async fn handle(
         route = tracing::field::Empty
     );
 
-    let result = handle_inner(&snap, &uri, parts, body, &mut cx)
+    let handshake = ws.then_some(client_upgrade.is_some());
+    let result = handle_inner(&snap, &uri, parts, body, &mut cx, handshake)
         .instrument(span.clone())
         .await;
+    let route_metrics = cx.metrics.clone();
 
     let done = |status, error, lane| Done {
         metrics: cx
@@ -93,7 +110,33 @@ pub(crate) async fn handle(
         lane,
         span: span.clone(),
     };
-    Ok(match result {
+    let resp = match result {
+        Ok(answer) if answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            let Some((client, metrics)) = client_upgrade.zip(route_metrics.clone()) else {
+                // Not asked for: nothing to switch to.
+                let err = ProxyError::Internal("the upstream switched protocols unasked".into());
+                let message = err.to_string();
+                let resp = err.into_response::<bytes::Bytes>();
+                let status = resp.status();
+                return Ok(resp.map(|b| ResponseBody::local(b, done(status, Some(message), None))));
+            };
+            let tunnel = websocket::Tunnel {
+                route: metrics,
+                metrics: shared.reg.metrics.clone(),
+                idle: snap.config.limits.websocket_idle,
+                stop: sockets.watch(),
+                span: span.clone(),
+            };
+            let headers = websocket::switch(answer, client, tunnel);
+            let status = http::StatusCode::SWITCHING_PROTOCOLS;
+            let mut resp = Response::new(ResponseBody::local(
+                bytes::Bytes::new(),
+                done(status, None, None),
+            ));
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            resp
+        }
         Ok(answer) => {
             let (mut parts, body) = answer.response.into_parts();
             strip::hop_by_hop(&mut parts.headers);
@@ -112,7 +155,14 @@ pub(crate) async fn handle(
             let status = resp.status();
             resp.map(|bytes| ResponseBody::local(bytes, done(status, Some(message), None)))
         }
-    })
+    };
+    if ws {
+        route_metrics
+            .as_deref()
+            .unwrap_or(shared.reg.metrics.unrouted())
+            .websocket(resp.status());
+    }
+    Ok(resp)
 }
 
 async fn handle_inner(
@@ -121,9 +171,16 @@ async fn handle_inner(
     mut parts: request::Parts,
     body: Incoming,
     cx: &mut RequestCtx,
+    handshake: Option<bool>,
 ) -> Result<attempt::Answer, ProxyError> {
     inbound::check(&parts)?;
+    origin::check(&snap.config, &parts)?;
     inbound::authorize(snap, &parts.headers)?;
+    // `handshake`: a WebSocket handshake, and whether the client's
+    // connection can switch (HTTP/1.1 only).
+    if handshake == Some(false) {
+        return Err(ProxyError::Upgrade);
+    }
 
     // 1. Route by the first path segment; the rest and the query go to the
     //    route's upstream.
@@ -151,8 +208,13 @@ async fn handle_inner(
 
     // 3. Enforce the model allowlist.
     let limit = limits.max_replay_body;
-    let mut body =
-        allowlist::check(route, rest, plan.deployment, &parts.headers, body, limit).await?;
+    let mut body = if handshake.is_some() {
+        websocket::prepare(&mut parts.headers);
+        websocket::check_model(route, rest, plan.deployment, query.as_deref())?;
+        crate::upstream::UpstreamBody::stream(body)
+    } else {
+        allowlist::check(route, rest, plan.deployment, &parts.headers, body, limit).await?
+    };
     if plan.signer.is_some() {
         // SigV4 signs a hash of the whole body.
         body = allowlist::in_memory(route, &parts.headers, body, limit).await?;
@@ -204,7 +266,11 @@ struct Plan<'r> {
 }
 
 /// The plan for `rest` and `query` on `route`.
-fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan<'r>, ProxyError> {
+fn plan<'r>(
+    route: &'r Route,
+    rest: &'r str,
+    query: Option<&'r str>,
+) -> Result<Plan<'r>, ProxyError> {
     let to = |target: &'r Target, deployment| {
         let uri = target.upstream.uri(rest, query).map_err(|e| {
             ProxyError::Internal(format!(
@@ -225,10 +291,13 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
         Targets::Azure {
             deployments,
             default,
-        } => to(
-            azure::target(&route.name, deployments, default.as_ref(), rest)?,
-            azure::deployment(rest),
-        ),
+        } => {
+            let named = azure::deployment(rest).or_else(|| azure::realtime_deployment(rest, query));
+            to(
+                azure::target(&route.name, deployments, default.as_ref(), named)?,
+                named,
+            )
+        }
         Targets::Vertex(v) => {
             let (uri, host) = v.uri(&route.name, rest, query)?;
             Ok(Plan {

@@ -74,6 +74,11 @@ impl Client {
         req: Request<UpstreamBody>,
     ) -> impl Future<Output = Result<(Response<Incoming>, LaneGuard), Error>> + Send + '_ {
         match self.endpoint(req.uri()) {
+            // Only a WebSocket handshake keeps `Upgrade` (the request path
+            // strips it as hop-by-hop otherwise): it needs HTTP/1.1.
+            Ok(endpoint) if req.headers().contains_key(http::header::UPGRADE) => Sending::Dialing {
+                fut: Box::pin(endpoint.send_upgrade(&self.inner.dialer, req)),
+            },
             Ok(endpoint) => endpoint.send(&self.inner.dialer, req),
             Err(error) => Sending::Failed { error: Some(error) },
         }

@@ -97,6 +97,9 @@ pub(crate) enum Conn {
 /// Opens connections with one TLS config and connect timeout.
 pub(crate) struct Dialer {
     tls: TlsConnector,
+    /// The same trust, offering ALPN `http/1.1` only: for protocol
+    /// upgrades (WebSocket), which HTTP/2 cannot carry.
+    tls_h1: TlsConnector,
     connect_timeout: Duration,
     h2: http2::Builder<TokioExecutor>,
 }
@@ -112,6 +115,8 @@ impl std::fmt::Debug for Dialer {
 impl Dialer {
     /// A dialer trusting what `tls` trusts, offering ALPN h2 and http/1.1.
     pub(crate) fn new(mut tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
+        let mut tls_h1 = tls.clone();
+        tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
@@ -119,6 +124,7 @@ impl Dialer {
             .keep_alive_timeout(H2_PING_TIMEOUT);
         Self {
             tls: TlsConnector::from(Arc::new(tls)),
+            tls_h1: TlsConnector::from(Arc::new(tls_h1)),
             connect_timeout,
             h2,
         }
@@ -130,19 +136,31 @@ impl Dialer {
     ///
     /// [`ConnectError`] naming the step that failed.
     pub(crate) async fn dial(&self, target: &Target) -> Result<Conn, ConnectError> {
+        self.dial_with(target, &self.tls).await
+    }
+
+    /// A new HTTP/1.1 connection to `target` (ALPN offers nothing else).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::dial`].
+    pub(crate) async fn dial_http1(&self, target: &Target) -> Result<Conn, ConnectError> {
+        self.dial_with(target, &self.tls_h1).await
+    }
+
+    async fn dial_with(&self, target: &Target, tls: &TlsConnector) -> Result<Conn, ConnectError> {
         let limit = self.connect_timeout;
-        tokio::time::timeout(limit, self.dial_inner(target))
+        tokio::time::timeout(limit, self.dial_inner(target, tls))
             .await
             .map_err(|_| ConnectError::Timeout(limit))?
     }
 
-    async fn dial_inner(&self, target: &Target) -> Result<Conn, ConnectError> {
+    async fn dial_inner(&self, target: &Target, tls: &TlsConnector) -> Result<Conn, ConnectError> {
         let tcp = tcp(target, self.connect_timeout).await?;
         if !target.https {
             return handshake_h1(Io::Plain(tcp)).await;
         }
-        let tls = self
-            .tls
+        let tls = tls
             .connect(target.server_name.clone(), tcp)
             .await
             .map_err(ConnectError::Tls)?;

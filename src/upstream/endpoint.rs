@@ -218,6 +218,26 @@ impl Endpoint {
         }
     }
 
+    /// Sends `req`, a protocol upgrade (WebSocket handshake), on a new
+    /// HTTP/1.1 connection of its own: HTTP/2 has no `Upgrade`, and a
+    /// `101` answer hands the socket to the upgrade (it is never pooled).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::send_new`].
+    pub(super) async fn send_upgrade(
+        self: Arc<Self>,
+        dialer: &Dialer,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Answer, Error> {
+        let Conn::H1(mut tx) = dialer.dial_http1(&self.target).await? else {
+            return Err(Error::Uri("the upstream chose HTTP/2 for an upgrade"));
+        };
+        self.origin_form(&mut req);
+        let resp = tx.send_request(req).await.map_err(Error::Send)?;
+        Ok(self.h1_answer(tx, resp))
+    }
+
     /// The answer on an HTTP/1.1 connection: the guard returns `tx` to the
     /// stack, unless the connection was upgraded (it belongs to the upgrade).
     pub(super) fn h1_answer(

@@ -12,6 +12,7 @@
 //!   botocore (`tests/aws/verify_sigv4.py`) verifying what sidekey signed.
 //! - [`entra`]: Microsoft Entra ID's token endpoint, Azure IMDS and an Azure
 //!   OpenAI that accepts only live tokens they issued (keyless Azure).
+//! - [`ws`]: a mock WebSocket provider and a WebSocket client.
 
 #![allow(
     dead_code,
@@ -36,6 +37,7 @@ pub mod mock;
 pub mod process;
 pub mod sidekey;
 pub mod tls;
+pub mod ws;
 
 use std::future::Future;
 use std::time::Duration;
