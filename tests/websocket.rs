@@ -379,3 +379,74 @@ async fn shutdown_gives_sockets_the_grace_period_then_closes_them() {
         .unwrap();
     mock.join();
 }
+
+fn python() -> std::path::PathBuf {
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test harness is told where the SDKs are"
+    )]
+    let python = std::env::var_os("SIDEKEY_PYTHON").map_or(venv, std::path::PathBuf::from);
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/test (it installs tests/sdk/requirements.txt into .venv) \
+         or set SIDEKEY_PYTHON",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let mock = WsMock::start(&pki, bearer_real).await;
+    let sk = sidekey(dir.path(), &pki, &mock, "").await;
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/websocket/openai_ws.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python())
+            .arg(script)
+            .arg(sk.url("/openai/v1"))
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .output(),
+    )
+    .await
+    .expect("the SDK script did not finish")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "SDK script failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["mode"], "realtime");
+    assert_eq!(lines[0]["echo"]["type"], "session.update");
+    assert_eq!(lines[1]["mode"], "responses");
+    assert_eq!(lines[1]["echo"]["type"], "response.create");
+
+    let seen = mock.handshakes();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].path_and_query, "/v1/realtime?model=gpt-realtime");
+    assert!(
+        seen[1].path_and_query.starts_with("/v1/responses"),
+        "{}",
+        seen[1].path_and_query
+    );
+    for s in &seen {
+        assert_eq!(s.header("authorization").unwrap(), format!("Bearer {REAL}"));
+    }
+    common::eventually("both sockets to close", Duration::from_secs(10), || async {
+        (mock.log.lock().unwrap().ended == 2).then_some(())
+    })
+    .await;
+    sk.stop().await;
+    mock.join();
+}
