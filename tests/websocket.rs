@@ -450,3 +450,55 @@ async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key(
     sk.stop().await;
     mock.join();
 }
+
+#[tokio::test]
+async fn an_azure_realtime_handshake_names_its_deployment_in_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let mock = WsMock::start(&pki, |s| {
+        if s.header("api-key") == Some("real-azure") {
+            Ok(())
+        } else {
+            Err(401)
+        }
+    })
+    .await;
+    let toml = format!(
+        "ca_file = \"{ca}\"\n\
+         [routes.azure]\ntype = \"azure\"\nmodels = [\"gpt-realtime\", \"gpt-4o\"]\n\
+         [routes.azure.deployments.gpt-realtime]\nendpoint = \"{up}\"\nkey = \"env::AZURE_KEY\"\n\
+         [routes.azure.deployments.gpt-4o]\nendpoint = \"https://127.0.0.1:1\"\nkey = \"env::AZURE_KEY\"\n",
+        ca = pki.ca_file.display(),
+        up = mock.base(),
+    );
+    let sk = start_in(
+        dir.path(),
+        &toml,
+        MapEnv::new([("AZURE_KEY", "real-azure")]),
+    )
+    .await;
+    let path = "/azure/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime";
+    let mut c = ws::connect(&ws_url(&sk, path), &[("api-key", "dummy")])
+        .await
+        .expect("the deployment's endpoint and key");
+    let seen = &mock.handshakes()[0];
+    assert_eq!(
+        seen.path_and_query,
+        "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime"
+    );
+    c.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut c).await, Some(Message::text("hi")));
+    c.close(None).await.unwrap();
+    assert!(ws::ended(&mut c).await);
+
+    let (status, body) = ws::connect(
+        &ws_url(&sk, "/azure/openai/realtime?api-version=x&deployment=nope"),
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status, 404);
+    assert!(body.contains("unknown_deployment"), "{body}");
+    sk.stop().await;
+    mock.join();
+}

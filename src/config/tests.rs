@@ -224,3 +224,33 @@ fn vertex_location_and_project_are_checked() {
     assert!(err(&route("location = \"US Central\"\n")).contains("routes.v.location"));
     assert!(err(&route("project = \"p/../x\"\n")).contains("routes.v.project"));
 }
+
+#[test]
+fn allowed_origins_hosts_and_the_websocket_idle_limit_are_checked() {
+    let cfg = parse(
+        "allowed_origins = [\"http://LocalHost:3000/\", \"null\"]\n\
+         allowed_hosts = [\"Sidekey.Internal\", \"[::1]\"]\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.allowed_origins, ["http://localhost:3000", "null"]);
+    assert_eq!(cfg.allowed_hosts, ["sidekey.internal", "[::1]"]);
+    assert_eq!(
+        cfg.limits.websocket_idle,
+        std::time::Duration::from_secs(3600)
+    );
+    assert!(
+        parse("").unwrap().allowed_origins.is_empty(),
+        "none by default"
+    );
+
+    assert!(err("allowed_origins = [\"localhost:3000\"]\n").contains("allowed_origins"));
+    assert!(err("allowed_origins = [\"http://a.example/path\"]\n").contains("not an origin"));
+    assert!(err("allowed_hosts = [\"http://a.example\"]\n").contains("allowed_hosts"));
+    assert!(err("allowed_hosts = [\"a.example:8787\"]\n").contains("without scheme, port"));
+    assert!(err("[limits]\nwebsocket_idle = \"0s\"\n").contains("greater than zero"));
+    let cfg = parse("[limits]\nwebsocket_idle = \"10m\"\n").unwrap();
+    assert_eq!(
+        cfg.limits.websocket_idle,
+        std::time::Duration::from_secs(600)
+    );
+}
