@@ -90,6 +90,7 @@ pub(crate) struct Exchange<'a> {
     pub(crate) host: &'a str,
     pub(crate) limits: Limits,
     method: Method,
+    /// Taken by the last attempt, like the headers.
     uri: Uri,
     /// Taken by the last attempt; copied by the ones before it.
     headers: HeaderMap,
@@ -208,15 +209,18 @@ impl<'a> Exchange<'a> {
             (Chosen::Token { .. }, Some(t)) => Chosen::Minted(t.header.clone()),
             (other, _) => other.clone(),
         };
-        let mut headers = if more && self.again.possible() {
-            self.headers.clone()
+        let (mut headers, uri) = if more && self.again.possible() {
+            (self.headers.clone(), self.uri.clone())
         } else {
-            std::mem::take(&mut self.headers)
+            (
+                std::mem::take(&mut self.headers),
+                std::mem::take(&mut self.uri),
+            )
         };
         providers::api_key::inject(self.route.spec, &mut headers, chosen);
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
+        *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         let timeout = self.limits.request_timeout;
         let (mut response, lane) =

@@ -23,6 +23,7 @@ pub(crate) mod forward;
 pub(crate) mod inbound;
 pub(crate) mod strip;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -190,7 +191,7 @@ fn select<'s>(snap: &'s Snapshot, name: &str) -> Result<&'s Route, ProxyError> {
 struct Plan<'r> {
     keys: &'r KeySet,
     uri: Uri,
-    host: String,
+    host: Cow<'r, str>,
     deployment: Option<&'r str>,
 }
 
@@ -206,7 +207,7 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
         Ok(Plan {
             keys: &target.keys,
             uri,
-            host: target.upstream.host().to_owned(),
+            host: Cow::Borrowed(target.upstream.host()),
             deployment,
         })
     };
@@ -224,7 +225,7 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
             Ok(Plan {
                 keys: &v.keys,
                 uri,
-                host,
+                host: Cow::Owned(host),
                 deployment: None,
             })
         }

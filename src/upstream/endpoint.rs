@@ -345,13 +345,11 @@ impl Endpoint {
         req.headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.target.host_header.clone());
-        let pq = req
-            .uri()
-            .path_and_query()
-            .filter(|pq| pq.as_str() != "/")
-            .cloned();
-        let mut parts = Parts::default();
-        parts.path_and_query = pq;
+        // Taken apart rather than cloned: cloning the path can allocate.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = None;
+        parts.authority = None;
+        parts.path_and_query = parts.path_and_query.filter(|pq| pq.as_str() != "/");
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
         if req.version() == Version::HTTP_2 {
             *req.version_mut() = Version::HTTP_11;
