@@ -54,7 +54,9 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     // the path as sent, and the path goes upstream byte for byte: a `..`
     // that the provider resolves would reach another model or deployment
     // than the one checked.
-    if parts.uri.path().split('/').any(is_dot_or_slash) {
+    // Both need a `.` or a `%`: a path with neither is split no further.
+    let path = parts.uri.path();
+    if path.bytes().any(|b| b == b'.' || b == b'%') && path.split('/').any(is_dot_or_slash) {
         return Err(ProxyError::DotSegment);
     }
     Ok(())

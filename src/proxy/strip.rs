@@ -57,14 +57,14 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(Kind) -> bool) {
 /// field it names") to `found`.
 fn connection_named(headers: &HeaderMap, found: &mut Vec<HeaderName>) {
     for value in headers.get_all(header::CONNECTION) {
+        // `keep-alive` and `close` are what almost every peer sends: the
+        // first is removed anyway, the second names no header.
+        if names_nothing(value.as_bytes().trim_ascii()) {
+            continue;
+        }
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',').map(str::trim) {
-            // `keep-alive` and `close` are what almost every peer sends: the
-            // first is removed anyway, the second names no header.
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("close")
-            {
+            if names_nothing(token.as_bytes()) {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
@@ -74,6 +74,13 @@ fn connection_named(headers: &HeaderMap, found: &mut Vec<HeaderName>) {
             }
         }
     }
+}
+
+/// An empty `Connection` token, `keep-alive` or `close`.
+fn names_nothing(token: &[u8]) -> bool {
+    token.is_empty()
+        || token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
 }
 
 #[cfg(test)]
