@@ -106,7 +106,7 @@ pub(crate) struct Exchange<'a> {
 /// when the provider cannot be reached; [`ProxyError::CredentialUnavailable`]
 /// when no candidate yields a token.
 pub(crate) async fn send(
-    mut x: Exchange<'_>,
+    x: &mut Exchange<'_>,
     candidates: Vec<Candidate<'_>>,
     body: UpstreamBody,
 ) -> Result<Answer, ProxyError> {
