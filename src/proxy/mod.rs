@@ -23,6 +23,7 @@ pub(crate) mod forward;
 pub(crate) mod inbound;
 pub(crate) mod strip;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,9 +62,8 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let snap = shared.snapshot();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
-    let uri = parts.uri.clone();
     let mut cx = RequestCtx::default();
     // Field values are only evaluated when the span is enabled: with INFO
     // off, this is one check of a cached interest.
@@ -73,7 +73,7 @@ pub(crate) async fn handle(
         route = tracing::field::Empty
     );
 
-    let result = handle_inner(&snap, &uri, parts, body, &mut cx)
+    let result = handle_inner(&snap, &mut parts, body, &mut cx)
         .instrument(span.clone())
         .await;
 
@@ -84,7 +84,7 @@ pub(crate) async fn handle(
             .unwrap_or_else(|| shared.reg.metrics.unrouted().clone()),
         start,
         method,
-        uri,
+        uri: parts.uri,
         status,
         fingerprint: cx.fingerprint,
         attempts: cx.attempts,
@@ -95,16 +95,16 @@ pub(crate) async fn handle(
     };
     Ok(match result {
         Ok(answer) => {
-            let (mut parts, body) = answer.response.into_parts();
-            strip::hop_by_hop(&mut parts.headers);
-            parts.version = Version::HTTP_11;
+            let (mut head, body) = answer.response.into_parts();
+            strip::hop_by_hop(&mut head.headers);
+            head.version = Version::HTTP_11;
             let body = ResponseBody::upstream(
                 answer.prefix,
                 body,
                 snap.config.limits.request_timeout,
-                done(parts.status, None, Some(answer.lane)),
+                done(head.status, None, Some(answer.lane)),
             );
-            Response::from_parts(parts, body)
+            Response::from_parts(head, body)
         }
         Err(err) => {
             let message = err.to_string();
@@ -115,14 +115,18 @@ pub(crate) async fn handle(
     })
 }
 
+/// The steps. The request head is lent, not moved, so the future stays
+/// small (an async fn keeps an argument it owns twice in its state); the
+/// method and header map are taken out of it for the upstream request, and
+/// the URI stays for the access log.
 async fn handle_inner(
     snap: &Snapshot,
-    uri: &Uri,
-    mut parts: request::Parts,
+    parts: &mut request::Parts,
     body: Incoming,
     cx: &mut RequestCtx,
 ) -> Result<attempt::Answer, ProxyError> {
-    inbound::check(&parts)?;
+    let uri = &parts.uri;
+    inbound::check(parts)?;
     inbound::authorize(snap, &parts.headers)?;
 
     // 1. Route by the first path segment; the rest and the query go to the
@@ -164,13 +168,15 @@ async fn handle_inner(
         parts.headers.insert(name, value);
     }
     let prepared = attempt::Prepared {
-        method: parts.method,
+        method: std::mem::take(&mut parts.method),
         uri: plan.uri,
-        headers: parts.headers,
+        headers: std::mem::take(&mut parts.headers),
     };
-    let exchange =
+    // Held here and lent to `send`: its future stays small (an argument
+    // moved into an async fn is kept twice in its state).
+    let mut exchange =
         attempt::Exchange::new(route, plan.keys, &plan.host, limits, plan.signer, prepared);
-    let answer = attempt::send(exchange, candidates, body).await;
+    let answer = attempt::send(&mut exchange, candidates, body).await;
     if let Ok(a) = &answer {
         cx.attempts = a.attempts;
         cx.fingerprint = a.fingerprint;
@@ -198,7 +204,7 @@ fn select<'s>(snap: &'s Snapshot, name: &str) -> Result<&'s Route, ProxyError> {
 struct Plan<'r> {
     keys: &'r KeySet,
     uri: Uri,
-    host: String,
+    host: Cow<'r, str>,
     deployment: Option<&'r str>,
     signer: Option<&'r SigV4>,
 }
@@ -215,7 +221,7 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
         Ok(Plan {
             keys: &target.keys,
             uri,
-            host: target.upstream.host().to_owned(),
+            host: Cow::Borrowed(target.upstream.host()),
             deployment,
             signer: None,
         })
@@ -234,7 +240,7 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
             Ok(Plan {
                 keys: &v.keys,
                 uri,
-                host,
+                host: Cow::Owned(host),
                 deployment: None,
                 signer: None,
             })
@@ -249,7 +255,7 @@ fn plan<'r>(route: &'r Route, rest: &'r str, query: Option<&str>) -> Result<Plan
             Ok(Plan {
                 keys: &aws.keys,
                 uri,
-                host: aws.upstream.host().to_owned(),
+                host: Cow::Borrowed(aws.upstream.host()),
                 deployment: None,
                 signer: aws.signer.as_ref(),
             })
