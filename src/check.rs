@@ -183,7 +183,18 @@ fn route_report(route: &Route, out: &mut dyn Write) -> io::Result<()> {
             return Ok(());
         }
     }
-    writeln!(out, "  auth      {}", route.spec.auth.describe())?;
+    let minted_only = route.key_sets().iter().all(|(_, keys)| {
+        keys.keys
+            .iter()
+            .all(|k| matches!(k.value, KeyValue::Token { .. }))
+    });
+    match route.spec.family {
+        // Entra ID tokens replace the `api-key` header.
+        Family::Azure if minted_only => {
+            writeln!(out, "  auth      Authorization: Bearer (Entra ID token)")?;
+        }
+        _ => writeln!(out, "  auth      {}", route.spec.auth.describe())?,
+    }
     writeln!(out, "  rejected  {}", route.spec.rejects.describe())?;
     let minted = match route.spec.family {
         Family::Aws => "credentials",

@@ -98,9 +98,10 @@ impl UpstreamBase {
     /// hyper already parsed, but the request path does not unwrap).
     pub(crate) fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let query = query.filter(|q| !q.is_empty());
-        let mut pq = String::with_capacity(
-            self.base_path.len() + rest.len() + query.map_or(1, |q| q.len() + 2),
-        );
+        // The exact length: `Bytes` takes a full `String` over without
+        // allocating again.
+        let path = (self.base_path.len() + rest.len()).max(1);
+        let mut pq = String::with_capacity(path + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.base_path);
         pq.push_str(rest);
         if pq.is_empty() {

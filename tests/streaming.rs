@@ -88,3 +88,54 @@ async fn every_family_streams_incrementally() {
         }
     }
 }
+
+/// An upstream that goes silent mid-stream is cut after
+/// `limits.request_timeout` of silence: the client gets what came, then an
+/// error, rather than waiting for ever. Bounded: the whole test has 20 s.
+#[tokio::test]
+async fn a_stream_that_goes_silent_is_cut_after_the_request_timeout() {
+    use http_body_util::BodyExt as _;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    // The second event would come a minute later.
+    let mock = Mock::start(Transport::Tls(&pki), |_| {
+        Reply::sse(events(2), Duration::from_secs(60))
+    })
+    .await;
+    let config = format!(
+        "ca_file = \"{ca}\"\n[limits]\nrequest_timeout = \"1s\"\n\
+         [routes.openai]\ntype = \"openai\"\nupstream = \"{url}\"\nkey = \"env::K\"\n",
+        ca = pki.ca_file.display(),
+        url = mock.url
+    );
+    let sidekey = start_in(dir.path(), &config, MapEnv::new([("K", "sk-stream")])).await;
+    let req = request(
+        Method::POST,
+        &sidekey.url("/openai/v1/chat/completions"),
+        &[("content-type", "application/json")],
+        r#"{"model":"m","stream":true}"#,
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, Bytes::from(events(1).concat()));
+        let silent = tokio::time::Instant::now();
+        assert!(
+            matches!(body.frame().await, Some(Err(_))),
+            "the stream should end with an error"
+        );
+        let waited = silent.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+            "cut after {waited:?}, not about 1 s"
+        );
+    })
+    .await
+    .expect("the silent stream was not cut");
+}

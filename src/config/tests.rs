@@ -254,3 +254,89 @@ fn allowed_origins_hosts_and_the_websocket_idle_limit_are_checked() {
         std::time::Duration::from_secs(600)
     );
 }
+
+#[test]
+fn aws_and_azure_identity_settings_parse_and_misuse_is_named() {
+    let cfg = parse(
+        r#"
+[routes.bedrock]
+type = "bedrock"
+region = "eu-west-1"
+credentials = { access_key_id = "path::aws/id", secret_access_key = "path::aws/secret" }
+
+[routes.keyed]
+type = "bedrock"
+key = "env::AWS_BEARER_TOKEN_BEDROCK"
+
+[routes.azure]
+type = "azure"
+upstream = "https://r.openai.azure.com"
+credentials = "workload-identity"
+scope = "https://cognitiveservices.azure.com/.default"
+
+[routes.azure.deployments.eu]
+endpoint = "https://eu.openai.azure.com"
+credentials = { tenant_id = "t", client_id = "c", client_secret = "path::/s/secret" }
+"#,
+    )
+    .unwrap();
+    let route = |n: &str| cfg.routes.iter().find(|r| r.name == n).unwrap();
+    let aws = route("bedrock").aws.as_ref().unwrap();
+    assert_eq!(aws.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(
+        aws.auth
+            .locations()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["path::/etc/sidekey/aws/id", "path::/etc/sidekey/aws/secret"],
+        "relative paths follow the config file"
+    );
+    assert_eq!(route("keyed").aws.as_ref().unwrap().auth, AwsAuth::ApiKey);
+    let azure = route("azure");
+    assert_eq!(
+        azure.entra.as_ref().unwrap().identity,
+        Some(crate::credentials::EntraIdentity::Workload)
+    );
+    assert!(matches!(
+        azure.deployments[0].entra,
+        Some(crate::credentials::EntraIdentity::ClientSecret { .. })
+    ));
+
+    let e = err("[routes.s]\ntype = \"sagemaker\"\nkey = \"env::K\"\n");
+    assert!(e.contains("API keys are a Bedrock feature"), "{e}");
+    let e = err(
+        "[routes.b]\ntype = \"bedrock\"\nkey = \"env::K\"\ncredentials = { access_key_id = \"env::A\", secret_access_key = \"env::B\" }\n",
+    );
+    assert!(e.contains("not both"), "{e}");
+    let e = err("[routes.b]\ntype = \"bedrock\"\nregion = \"US East\"\n");
+    assert!(e.contains("routes.b.region"), "{e}");
+    let e = err("[routes.o]\ntype = \"openai\"\ncredentials = \"workload-identity\"\n");
+    assert!(
+        e.contains("only valid for vertex, azure, bedrock and sagemaker"),
+        "{e}"
+    );
+    let e = err("[routes.o]\ntype = \"openai\"\nscope = \"https://x/.default\"\n");
+    assert!(e.contains("only valid for azure"), "{e}");
+    let e =
+        err("[routes.a]\ntype = \"azure\"\nupstream = \"https://r\"\ncredentials = \"kerberos\"\n");
+    assert!(
+        e.contains("\"workload-identity\", \"managed-identity\""),
+        "{e}"
+    );
+    let e = err(
+        "[routes.a]\ntype = \"azure\"\nupstream = \"https://r\"\nkey = \"env::K\"\ncredentials = \"managed-identity\"\n",
+    );
+    assert!(e.contains("not both"), "{e}");
+    let e = err(
+        "[routes.o]\ntype = \"openai\"\nkey = { tenant_id = \"t\", client_id = \"c\", client_secret = \"env::S\" }\n",
+    );
+    assert!(e.contains("only valid as `credentials` of an azure"), "{e}");
+    let e = err(
+        "[routes.b]\ntype = \"bedrock\"\ncredentials = { access_key_id = \"env::A\", client_id = \"c\" }\n",
+    );
+    assert!(
+        e.contains("does not belong") || e.contains("missing field"),
+        "{e}"
+    );
+}

@@ -93,6 +93,7 @@ pub(crate) struct Exchange<'a> {
     /// Signs each attempt (AWS routes that sign; not a Bedrock API key).
     signer: Option<&'a SigV4>,
     method: Method,
+    /// Taken by the last attempt, like the headers.
     uri: Uri,
     /// Taken by the last attempt; copied by the ones before it.
     headers: HeaderMap,
@@ -108,7 +109,7 @@ pub(crate) struct Exchange<'a> {
 /// when the provider cannot be reached; [`ProxyError::CredentialUnavailable`]
 /// when no candidate yields a token.
 pub(crate) async fn send(
-    mut x: Exchange<'_>,
+    x: &mut Exchange<'_>,
     candidates: Vec<Candidate<'_>>,
     body: UpstreamBody,
 ) -> Result<Answer, ProxyError> {
@@ -219,10 +220,13 @@ impl<'a> Exchange<'a> {
             },
             (other, _) => other.clone(),
         };
-        let mut headers = if more && self.again.possible() {
-            self.headers.clone()
+        let (mut headers, uri) = if more && self.again.possible() {
+            (self.headers.clone(), self.uri.clone())
         } else {
-            std::mem::take(&mut self.headers)
+            (
+                std::mem::take(&mut self.headers),
+                std::mem::take(&mut self.uri),
+            )
         };
         let signing = match &chosen {
             Chosen::Signed { keys, .. } => self.signer.map(|s| (s, keys.clone())),
@@ -231,7 +235,7 @@ impl<'a> Exchange<'a> {
         providers::api_key::inject(self.route.spec, &mut headers, chosen);
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
+        *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         if let Some((signer, keys)) = signing {
             signer

@@ -155,8 +155,12 @@ pin_project_lite::pin_project! {
         Upstream {
             #[pin]
             body: Incoming,
+            // Armed when the body first has to wait: an answer that arrives
+            // whole never touches the timer.
             #[pin]
-            idle: Sleep,
+            idle: Option<Sleep>,
+            // When the upstream last sent a frame (or the answer began).
+            since: Instant,
             timeout: Duration,
         },
         Local {
@@ -180,7 +184,8 @@ impl ResponseBody {
         Self {
             inner: Inner::Upstream {
                 body,
-                idle: tokio::time::sleep(timeout),
+                idle: None,
+                since: Instant::now(),
                 timeout,
             },
             prefix,
@@ -232,6 +237,7 @@ impl Body for ResponseBody {
             InnerProj::Upstream {
                 mut body,
                 mut idle,
+                since,
                 timeout,
             } => match body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -242,14 +248,26 @@ impl Body for ResponseBody {
                             done.outcome = Outcome::Complete;
                         }
                     } else {
-                        idle.as_mut().reset(Instant::now() + *timeout);
+                        *since = Instant::now();
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(Some(Err(e))) => (Some(Err(BoxError::from(e))), Outcome::UpstreamError),
                 Poll::Ready(None) => (None, Outcome::Complete),
                 Poll::Pending => {
-                    ready!(idle.poll(cx));
+                    // A timeout too long to represent never fires.
+                    let Some(deadline) = since.checked_add(*timeout) else {
+                        return Poll::Pending;
+                    };
+                    match idle.as_mut().as_pin_mut() {
+                        Some(sleep) if sleep.deadline() == deadline => {}
+                        Some(sleep) => sleep.reset(deadline),
+                        None => idle.set(Some(tokio::time::sleep_until(deadline))),
+                    }
+                    let Some(sleep) = idle.as_pin_mut() else {
+                        return Poll::Pending;
+                    };
+                    ready!(sleep.poll(cx));
                     (
                         Some(Err(BoxError::from(IdleTimeout(*timeout)))),
                         Outcome::IdleTimeout,

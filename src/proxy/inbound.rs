@@ -56,11 +56,16 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     // the path as sent, and the path goes upstream byte for byte: a `..`
     // that the provider resolves would reach another model or deployment
     // than the one checked.
+    // Both need a `.` or a `%`: a path with neither is split no further.
+    let path = parts.uri.path();
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(());
+    }
     // One exception: a Bedrock model id (the segment after `model`) is an
     // ARN with an encoded `/` when it names an inference profile, and
     // Bedrock reads it as one id; the allowlist decodes it whole.
     let mut after_model = false;
-    for segment in parts.uri.path().split('/') {
+    for segment in path.split('/') {
         let refused = if after_model {
             is_dot(segment) || has_encoded_backslash(segment)
         } else {

@@ -28,6 +28,7 @@ pub(crate) mod origin;
 pub(crate) mod strip;
 pub(crate) mod websocket;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +79,6 @@ pub(crate) async fn handle(
         None
     };
     let method = parts.method.clone();
-    let uri = parts.uri.clone();
     let mut cx = RequestCtx::default();
     // Field values are only evaluated when the span is enabled: with INFO
     // off, this is one check of a cached interest.
@@ -89,7 +89,7 @@ pub(crate) async fn handle(
     );
 
     let handshake = ws.then_some(client_upgrade.is_some());
-    let result = handle_inner(&snap, &uri, parts, body, &mut cx, handshake)
+    let result = handle_inner(&snap, &mut parts, body, &mut cx, handshake)
         .instrument(span.clone())
         .await;
     let route_metrics = cx.metrics.clone();
@@ -101,7 +101,7 @@ pub(crate) async fn handle(
             .unwrap_or_else(|| shared.reg.metrics.unrouted().clone()),
         start,
         method,
-        uri,
+        uri: parts.uri,
         status,
         fingerprint: cx.fingerprint,
         attempts: cx.attempts,
@@ -138,16 +138,16 @@ pub(crate) async fn handle(
             resp
         }
         Ok(answer) => {
-            let (mut parts, body) = answer.response.into_parts();
-            strip::hop_by_hop(&mut parts.headers);
-            parts.version = Version::HTTP_11;
+            let (mut head, body) = answer.response.into_parts();
+            strip::hop_by_hop(&mut head.headers);
+            head.version = Version::HTTP_11;
             let body = ResponseBody::upstream(
                 answer.prefix,
                 body,
                 snap.config.limits.request_timeout,
-                done(parts.status, None, Some(answer.lane)),
+                done(head.status, None, Some(answer.lane)),
             );
-            Response::from_parts(parts, body)
+            Response::from_parts(head, body)
         }
         Err(err) => {
             let message = err.to_string();
@@ -165,16 +165,20 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
+/// The steps. The request head is lent, not moved, so the future stays
+/// small (an async fn keeps an argument it owns twice in its state); the
+/// method and header map are taken out of it for the upstream request, and
+/// the URI stays for the access log.
 async fn handle_inner(
     snap: &Snapshot,
-    uri: &Uri,
-    mut parts: request::Parts,
+    parts: &mut request::Parts,
     body: Incoming,
     cx: &mut RequestCtx,
     handshake: Option<bool>,
 ) -> Result<attempt::Answer, ProxyError> {
-    inbound::check(&parts)?;
-    origin::check(&snap.config, &parts)?;
+    let uri = &parts.uri;
+    inbound::check(parts)?;
+    origin::check(&snap.config, parts)?;
     inbound::authorize(snap, &parts.headers)?;
     // `handshake`: a WebSocket handshake, and whether the client's
     // connection can switch (HTTP/1.1 only).
@@ -226,13 +230,15 @@ async fn handle_inner(
         parts.headers.insert(name, value);
     }
     let prepared = attempt::Prepared {
-        method: parts.method,
+        method: std::mem::take(&mut parts.method),
         uri: plan.uri,
-        headers: parts.headers,
+        headers: std::mem::take(&mut parts.headers),
     };
-    let exchange =
+    // Held here and lent to `send`: its future stays small (an argument
+    // moved into an async fn is kept twice in its state).
+    let mut exchange =
         attempt::Exchange::new(route, plan.keys, &plan.host, limits, plan.signer, prepared);
-    let answer = attempt::send(exchange, candidates, body).await;
+    let answer = attempt::send(&mut exchange, candidates, body).await;
     if let Ok(a) = &answer {
         cx.attempts = a.attempts;
         cx.fingerprint = a.fingerprint;
@@ -260,7 +266,7 @@ fn select<'s>(snap: &'s Snapshot, name: &str) -> Result<&'s Route, ProxyError> {
 struct Plan<'r> {
     keys: &'r KeySet,
     uri: Uri,
-    host: String,
+    host: Cow<'r, str>,
     deployment: Option<&'r str>,
     signer: Option<&'r SigV4>,
 }
@@ -281,7 +287,7 @@ fn plan<'r>(
         Ok(Plan {
             keys: &target.keys,
             uri,
-            host: target.upstream.host().to_owned(),
+            host: Cow::Borrowed(target.upstream.host()),
             deployment,
             signer: None,
         })
@@ -303,7 +309,7 @@ fn plan<'r>(
             Ok(Plan {
                 keys: &v.keys,
                 uri,
-                host,
+                host: Cow::Owned(host),
                 deployment: None,
                 signer: None,
             })
@@ -318,7 +324,7 @@ fn plan<'r>(
             Ok(Plan {
                 keys: &aws.keys,
                 uri,
-                host: aws.upstream.host().to_owned(),
+                host: Cow::Borrowed(aws.upstream.host()),
                 deployment: None,
                 signer: aws.signer.as_ref(),
             })

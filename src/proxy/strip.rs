@@ -8,8 +8,8 @@
 //!
 //! Which names are which is [`crate::headers`]' list; this module does the
 //! removing. One pass over the headers actually present classifies each name
-//! with a `match` (no hashing, no allocation unless something is found); only
-//! the names found are then removed. Removing a fixed list by name would hash
+//! with a `match` (no hashing, and no allocation unless more than a few names
+//! are found); only the names found are then removed. Removing a fixed list by name would hash
 //! ~30 names per request, almost all absent.
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -27,17 +27,28 @@ pub(crate) fn hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |k| k == Kind::HopByHop);
 }
 
+/// How many names found are held without allocating: more than a request
+/// or response usually carries (`Host` and a credential; `Connection`).
+const INLINE: usize = 8;
+
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(Kind) -> bool) {
-    let mut found: Vec<HeaderName> = Vec::new();
+    let mut inline: [Option<HeaderName>; INLINE] = Default::default();
+    let mut slots = inline.iter_mut();
+    let mut more: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
     for name in headers.keys() {
         if doomed(kind(name)) {
-            found.push(name.clone());
+            connection |= name == header::CONNECTION;
+            match slots.next() {
+                Some(slot) => *slot = Some(name.clone()),
+                None => more.push(name.clone()),
+            }
         }
     }
-    if found.contains(&header::CONNECTION) {
-        connection_named(headers, &mut found);
+    if connection {
+        connection_named(headers, &mut more);
     }
-    for name in &found {
+    for name in inline.iter().flatten().chain(&more) {
         headers.remove(name);
     }
 }
@@ -46,14 +57,14 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(Kind) -> bool) {
 /// field it names") to `found`.
 fn connection_named(headers: &HeaderMap, found: &mut Vec<HeaderName>) {
     for value in headers.get_all(header::CONNECTION) {
+        // `keep-alive` and `close` are what almost every peer sends: the
+        // first is removed anyway, the second names no header.
+        if names_nothing(value.as_bytes().trim_ascii()) {
+            continue;
+        }
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',').map(str::trim) {
-            // `keep-alive` and `close` are what almost every peer sends: the
-            // first is removed anyway, the second names no header.
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("close")
-            {
+            if names_nothing(token.as_bytes()) {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
@@ -63,6 +74,13 @@ fn connection_named(headers: &HeaderMap, found: &mut Vec<HeaderName>) {
             }
         }
     }
+}
+
+/// An empty `Connection` token, `keep-alive` or `close`.
+fn names_nothing(token: &[u8]) -> bool {
+    token.is_empty()
+        || token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
 }
 
 #[cfg(test)]

@@ -183,7 +183,12 @@ impl Dialer {
 }
 
 async fn handshake_h1(io: Io) -> Result<Conn, ConnectError> {
+    // Over TLS a request's head and body go out as one write: rustls copies
+    // both into one record either way, and a vectored write would first
+    // collect the slices in a vector of its own (an allocation per request).
+    let writev = matches!(io, Io::Plain(_));
     let (tx, conn) = http1::Builder::new()
+        .writev(writev)
         .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;

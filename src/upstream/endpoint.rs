@@ -365,15 +365,18 @@ impl Endpoint {
         req.headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.target.host_header.clone());
+        // Taken apart rather than cloned: cloning the path can allocate.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = None;
+        parts.authority = None;
         // An empty path is `/` (RFC 9112 §3.2.1): never an empty target.
-        let pq = req
-            .uri()
-            .path_and_query()
-            .filter(|pq| !pq.as_str().is_empty())
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let mut parts = Parts::default();
-        parts.path_and_query = Some(pq);
+        if parts
+            .path_and_query
+            .as_ref()
+            .is_none_or(|pq| pq.as_str().is_empty())
+        {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
         if req.version() == Version::HTTP_2 {
             *req.version_mut() = Version::HTTP_11;
