@@ -92,7 +92,8 @@ pub(crate) async fn handle(
     let result = handle_inner(&snap, &mut parts, body, &mut cx, handshake)
         .instrument(span.clone())
         .await;
-    let route_metrics = cx.metrics.clone();
+    // Only a handshake needs them twice (its socket counts bytes).
+    let route_metrics = if ws { cx.metrics.clone() } else { None };
 
     let done = |status, error, lane| Done {
         metrics: cx
