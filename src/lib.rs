@@ -36,15 +36,16 @@
 //! - `config`: `sidekey.toml` → validated config, with file:line errors.
 //! - `routes`: first path segment → route; path and query → upstream URI.
 //! - `providers`: the provider table (one row per type), per-family
-//!   injection, and what an answer says about the key.
+//!   injection and SigV4 signing, and what an answer says about the key.
 //! - `error`: sidekey's own errors and the one envelope builder.
 //! - `headers`: names of the headers sidekey treats specially (credentials,
 //!   hop-by-hop, managed), shared by `proxy` and `config`.
 //! - `credentials`: locations (`env::`, `path::`, ...), reading them, key
 //!   health, and the order a request tries keys in.
 //! - `tokens`: credentials minted from an identity (a `Mint` source: the
-//!   Google service-account grant, the GKE metadata server), cached and
-//!   refreshed in the background, provider-agnostic.
+//!   Google service-account grant, the GKE metadata server, federation and
+//!   user credentials; Entra ID; the AWS chain), cached and refreshed in
+//!   the background, provider-agnostic.
 //! - `upstream`: the rustls client (ring, webpki roots + `ca_file`).
 //! - Leaves: `body` (request bodies shared by `proxy` and `upstream`), `url`
 //!   (upstream base URLs), `files` (bounded reads: regular files only, size

@@ -81,7 +81,7 @@ const SECRET_2: &str = "Rz9Q~second.secret-value_ZyXwVuTsRqPoNmLkJiHgFe";
 /// (only PATH and `env`); panics unless it exits 0; returns its JSON lines.
 async fn python(args: &[&str], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keyless/clients.py");
-    let mut cmd = tokio::process::Command::new(common::aws::python());
+    let mut cmd = tokio::process::Command::new(common::python());
     cmd.arg(script)
         .args(args)
         .env_clear()

@@ -26,22 +26,6 @@ use sidekey::MapEnv;
 
 const TEXT: [&str; 3] = ["hello", " from", " mock"];
 
-fn python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the test harness is told where the SDKs are"
-    )]
-    let python = std::env::var_os("SIDEKEY_PYTHON").map_or(venv, PathBuf::from);
-    assert!(
-        python.exists(),
-        "{} not found: run scripts/test (it installs tests/sdk/requirements.txt into .venv) \
-         or set SIDEKEY_PYTHON",
-        python.display()
-    );
-    python
-}
-
 fn sse(events: Vec<String>) -> Reply {
     Reply::sse(events, Duration::from_millis(20))
 }
@@ -154,7 +138,7 @@ async fn run_case(case: &str, base: &str) -> Vec<serde_json::Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/clients.py");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(python())
+        tokio::process::Command::new(common::python())
             .arg(script)
             .arg(case)
             .env("SIDEKEY_URL", base)

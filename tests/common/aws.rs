@@ -771,23 +771,6 @@ pub struct Verdict {
     pub why: String,
 }
 
-/// The Python with boto3 (tests/sdk/requirements.txt): `SIDEKEY_PYTHON`, else `.venv`.
-pub fn python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the test harness is told where the SDKs are"
-    )]
-    let python = std::env::var_os("SIDEKEY_PYTHON").map_or(venv, PathBuf::from);
-    assert!(
-        python.exists(),
-        "{} not found: run scripts/test (it installs tests/sdk/requirements.txt into .venv) \
-         or set SIDEKEY_PYTHON",
-        python.display()
-    );
-    python
-}
-
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/aws")
@@ -798,7 +781,7 @@ fn script(name: &str) -> PathBuf {
 /// variables or config files of the machine), `env` added and `stdin` fed;
 /// panics unless it exits 0; returns stdout.
 pub async fn run_script(name: &str, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> String {
-    let mut cmd = tokio::process::Command::new(python());
+    let mut cmd = tokio::process::Command::new(super::python());
     cmd.arg(script(name))
         .args(args)
         .env_clear()

@@ -42,6 +42,24 @@ pub mod ws;
 use std::future::Future;
 use std::time::Duration;
 
+/// The Python that has the official SDKs (tests/sdk/requirements.txt):
+/// `SIDEKEY_PYTHON`, else the `.venv` that `scripts/test` fills.
+pub fn python() -> std::path::PathBuf {
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test harness is told where the SDKs are"
+    )]
+    let python = std::env::var_os("SIDEKEY_PYTHON").map_or(venv, std::path::PathBuf::from);
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/test (it installs tests/sdk/requirements.txt into .venv) \
+         or set SIDEKEY_PYTHON",
+        python.display()
+    );
+    python
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
 /// with `what`. Every wait in the tests is bounded by one of these.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
