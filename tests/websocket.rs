@@ -380,22 +380,6 @@ async fn shutdown_gives_sockets_the_grace_period_then_closes_them() {
     mock.join();
 }
 
-fn python() -> std::path::PathBuf {
-    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the test harness is told where the SDKs are"
-    )]
-    let python = std::env::var_os("SIDEKEY_PYTHON").map_or(venv, std::path::PathBuf::from);
-    assert!(
-        python.exists(),
-        "{} not found: run scripts/test (it installs tests/sdk/requirements.txt into .venv) \
-         or set SIDEKEY_PYTHON",
-        python.display()
-    );
-    python
-}
-
 #[tokio::test]
 async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -406,7 +390,7 @@ async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key(
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/websocket/openai_ws.py");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(python())
+        tokio::process::Command::new(common::python())
             .arg(script)
             .arg(sk.url("/openai/v1"))
             .env_remove("OPENAI_API_KEY")
