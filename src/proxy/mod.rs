@@ -46,6 +46,7 @@ use crate::providers::aws::SigV4;
 use crate::providers::azure;
 use crate::reload::{Shared, Snapshot};
 use crate::routes::{self, Route, Target, Targets};
+use crate::upstream::LaneGuard;
 use body::{Done, Outcome, ResponseBody};
 
 /// What the steps learn about a request, for the access log and metrics.
@@ -113,49 +114,26 @@ pub(crate) async fn handle(
     };
     let resp = match result {
         Ok(answer) if answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-            let Some((client, metrics)) = client_upgrade.zip(route_metrics.clone()) else {
+            match client_upgrade.zip(route_metrics.clone()) {
+                Some((client, route)) => {
+                    let tunnel = websocket::Tunnel {
+                        route,
+                        metrics: shared.reg.metrics.clone(),
+                        idle: snap.config.limits.websocket_idle,
+                        stop: sockets.watch(),
+                        span: span.clone(),
+                    };
+                    switched(websocket::switch(answer, client, tunnel), done)
+                }
                 // Not asked for: nothing to switch to.
-                let err = ProxyError::Internal("the upstream switched protocols unasked".into());
-                let message = err.to_string();
-                let resp = err.into_response::<bytes::Bytes>();
-                let status = resp.status();
-                return Ok(resp.map(|b| ResponseBody::local(b, done(status, Some(message), None))));
-            };
-            let tunnel = websocket::Tunnel {
-                route: metrics,
-                metrics: shared.reg.metrics.clone(),
-                idle: snap.config.limits.websocket_idle,
-                stop: sockets.watch(),
-                span: span.clone(),
-            };
-            let headers = websocket::switch(answer, client, tunnel);
-            let status = http::StatusCode::SWITCHING_PROTOCOLS;
-            let mut resp = Response::new(ResponseBody::local(
-                bytes::Bytes::new(),
-                done(status, None, None),
-            ));
-            *resp.status_mut() = status;
-            *resp.headers_mut() = headers;
-            resp
+                None => local(
+                    ProxyError::Internal("the upstream switched protocols unasked".into()),
+                    done,
+                ),
+            }
         }
-        Ok(answer) => {
-            let (mut head, body) = answer.response.into_parts();
-            strip::hop_by_hop(&mut head.headers);
-            head.version = Version::HTTP_11;
-            let body = ResponseBody::upstream(
-                answer.prefix,
-                body,
-                snap.config.limits.request_timeout,
-                done(head.status, None, Some(answer.lane)),
-            );
-            Response::from_parts(head, body)
-        }
-        Err(err) => {
-            let message = err.to_string();
-            let resp = err.into_response::<bytes::Bytes>();
-            let status = resp.status();
-            resp.map(|bytes| ResponseBody::local(bytes, done(status, Some(message), None)))
-        }
+        Ok(answer) => streamed(answer, snap.config.limits.request_timeout, done),
+        Err(err) => local(err, done),
     };
     if ws {
         route_metrics
@@ -170,6 +148,49 @@ pub(crate) async fn handle(
 /// small (an async fn keeps an argument it owns twice in its state); the
 /// method and header map are taken out of it for the upstream request, and
 /// the URI stays for the access log.
+/// How a response ends: its status, sidekey's error message if any, and
+/// the upstream lane it holds, turned into the access-log and metrics record.
+trait Finish: FnOnce(http::StatusCode, Option<String>, Option<LaneGuard>) -> Done {}
+impl<F: FnOnce(http::StatusCode, Option<String>, Option<LaneGuard>) -> Done> Finish for F {}
+
+/// The upstream's answer, streamed back as it comes.
+fn streamed(
+    answer: attempt::Answer,
+    timeout: Duration,
+    done: impl Finish,
+) -> Response<ResponseBody> {
+    let (mut head, body) = answer.response.into_parts();
+    strip::hop_by_hop(&mut head.headers);
+    head.version = Version::HTTP_11;
+    let body = ResponseBody::upstream(
+        answer.prefix,
+        body,
+        timeout,
+        done(head.status, None, Some(answer.lane)),
+    );
+    Response::from_parts(head, body)
+}
+
+/// The `101` that hands the client's connection to the tunnel.
+fn switched(headers: http::HeaderMap, done: impl Finish) -> Response<ResponseBody> {
+    let status = http::StatusCode::SWITCHING_PROTOCOLS;
+    let mut resp = Response::new(ResponseBody::local(
+        bytes::Bytes::new(),
+        done(status, None, None),
+    ));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// sidekey's own error, in the envelope.
+fn local(err: ProxyError, done: impl Finish) -> Response<ResponseBody> {
+    let message = err.to_string();
+    let resp = err.into_response::<bytes::Bytes>();
+    let status = resp.status();
+    resp.map(|bytes| ResponseBody::local(bytes, done(status, Some(message), None)))
+}
+
 async fn handle_inner(
     snap: &Snapshot,
     parts: &mut request::Parts,
