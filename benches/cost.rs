@@ -10,7 +10,8 @@
 //!    same arrival pattern, so this is the fairest cost comparison;
 //! 3. added latency (p50/p99) at a fixed 1,000 req/s;
 //! 4. resident memory idle and with 1,000 open streams;
-//! 5. time to the first server-sent event, versus a direct call.
+//! 5. time to the first server-sent event, versus a direct call;
+//! 6. 1,000 open idle WebSockets through sidekey: its RSS and CPU.
 //!
 //! Layout: both proxies run pinned to CPU 0 with one worker (sidekey:
 //! `--worker-threads 1`; nginx: one process); the upstream (an nginx serving
@@ -92,6 +93,8 @@ struct Setup {
     stream_url: String,
     sidekey_url: String,
     nginx_url: String,
+    /// `ws://127.0.0.1:P/ws/...` through sidekey to a WebSocket upstream.
+    ws_url: String,
 }
 
 async fn run(secs: Duration) {
@@ -227,6 +230,15 @@ async fn run(secs: Duration) {
             r.0 - direct.0
         );
     }
+
+    println!("\n6. {STREAMS} open idle WebSockets through sidekey");
+    println!(
+        "   {:<22} {:>10} {:>18} {:>22}",
+        "", "before MiB", "with sockets MiB", "CPU % of a core, idle"
+    );
+    let idle = s.sidekey.rss_mib();
+    let (rss, cpu) = open_websockets(&s.ws_url, STREAMS, &s.sidekey, secs).await;
+    println!("   {:<22} {idle:>10.1} {rss:>18.1} {cpu:>22.2}", "sidekey");
     drop(s.upstream);
 }
 
@@ -249,6 +261,7 @@ async fn setup() -> Setup {
     let up_port = free_port();
     let upstream = nginx(d, "upstream", 1, &upstream_conf(d, up_port));
     let stream_addr = stream_upstream(&cert_pem, &key_pem).await;
+    let ws_addr = ws_upstream().await;
     let stream_url = format!("https://{stream_addr}");
 
     let sk_port = free_port();
@@ -258,7 +271,8 @@ async fn setup() -> Setup {
         format!(
             "listen = \"127.0.0.1:{sk_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nca_file = \"{ca}\"\n\
              [routes.openai]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\nkey = \"path::{key}\"\n\
-             [routes.stream]\ntype = \"openai\"\nupstream = \"{stream_url}\"\nkey = \"path::{key}\"\n",
+             [routes.stream]\ntype = \"openai\"\nupstream = \"{stream_url}\"\nkey = \"path::{key}\"\n\
+             [routes.ws]\ntype = \"openai\"\nupstream = \"http://{ws_addr}\"\nkey = \"path::{key}\"\n",
             ca = d.join("ca.pem").display(),
             key = d.join("openai-key").display(),
         ),
@@ -282,6 +296,7 @@ async fn setup() -> Setup {
         stream_url: format!("{stream_url}/v1/chat/completions"),
         sidekey_url: format!("http://127.0.0.1:{sk_port}/openai/v1/chat/completions"),
         nginx_url: format!("http://127.0.0.1:{ng_port}/openai/v1/chat/completions"),
+        ws_url: format!("ws://127.0.0.1:{sk_port}/ws/v1/realtime?model=gpt-realtime"),
     };
     for url in [&s.upstream_url, &s.sidekey_url, &s.nginx_url] {
         wait_ok(url, s._dir.path()).await;
@@ -804,6 +819,55 @@ async fn open_streams(url: &str, n: usize, proc: &Proc) -> f64 {
     drop(bodies);
     tokio::time::sleep(Duration::from_millis(500)).await;
     rss
+}
+
+// === 6: WebSockets ===
+
+/// A plain WebSocket server on CPU 1 that accepts every handshake and holds
+/// the socket, silent, until the client goes.
+async fn ws_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                use futures_util::StreamExt as _;
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Opens `n` WebSockets through sidekey, then, with all of them idle for
+/// `secs`, reads sidekey's RSS and the CPU it used (percent of one core).
+async fn open_websockets(url: &str, n: usize, proc: &Proc, secs: Duration) -> (f64, f64) {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (ws, resp) = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("a WebSocket handshake did not finish in time")
+        .expect("a WebSocket handshake failed");
+        assert_eq!(resp.status(), 101);
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = proc.cpu_secs();
+    let t0 = Instant::now();
+    tokio::time::sleep(secs).await;
+    let cpu = (proc.cpu_secs() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let rss = proc.rss_mib();
+    drop(sockets);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (rss, cpu)
 }
 
 /// p50/p99 of the time from sending a request to receiving its first body
