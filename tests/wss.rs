@@ -119,8 +119,19 @@ fn leaf_files(pki: &TestPki) -> [(&'static str, &str); 2] {
 
 /// sidekey with the TLS listener and an `openai` route to `mock`.
 async fn sidekey(dir: &Path, pki: &TestPki, volume: &SecretVolume, mock: &WsMock) -> Running {
+    sidekey_with(dir, pki, volume, mock, "").await
+}
+
+/// The same, with `extra` config tables before the route.
+async fn sidekey_with(
+    dir: &Path,
+    pki: &TestPki,
+    volume: &SecretVolume,
+    mock: &WsMock,
+    extra: &str,
+) -> Running {
     let toml = format!(
-        "ca_file = \"{ca}\"\n{tls}\n\
+        "ca_file = \"{ca}\"\n{tls}\n{extra}\n\
          [routes.openai]\ntype = \"openai\"\nupstream = \"{up}\"\nkey = \"env::OPENAI_API_KEY\"\n",
         ca = pki.ca_file.display(),
         tls = tls_toml(volume),
@@ -192,6 +203,57 @@ async fn the_tls_listener_serves_requests_host_checks_and_wss_handshakes() {
     let resp = common::client::get(&sk.url("/nope/v1/models")).await;
     assert_eq!(resp.status.as_u16(), 404);
     sk.stop().await;
+    mock.join();
+}
+
+#[tokio::test]
+async fn shutdown_gives_wss_sockets_the_grace_period_then_closes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let volume = SecretVolume::create(&dir.path().join("tls"), &leaf_files(&pki));
+    let mock = WsMock::start(&pki, bearer_real).await;
+    let mut sk = sidekey_with(
+        dir.path(),
+        &pki,
+        &volume,
+        &mock,
+        "[shutdown]\ngrace_period = \"1s\"\n",
+    )
+    .await;
+    let tls_addr = sk.tls.unwrap();
+    let tls = tls_connect(&pki, tls_addr).await;
+    let req = format!(
+        "wss://127.0.0.1:{}/openai/v1/realtime?model=m",
+        tls_addr.port()
+    )
+    .into_client_request()
+    .unwrap();
+    let (mut ws, _) = tokio::time::timeout(LIMIT, tokio_tungstenite::client_async(req, tls))
+        .await
+        .unwrap()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let stopping = sk.begin_shutdown();
+    // Within the grace period the socket still works.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws.send(Message::text("during grace")).await.unwrap();
+    let echo = tokio::time::timeout(LIMIT, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap();
+    assert!(matches!(echo, Some(Ok(Message::Text(t))) if t.as_str() == "during grace"));
+    // Then it is closed, and sidekey stops.
+    let end = tokio::time::timeout(LIMIT, futures_util::StreamExt::next(&mut ws))
+        .await
+        .expect("closed within the grace period and a margin");
+    assert!(
+        matches!(end, None | Some(Ok(Message::Close(_)) | Err(_))),
+        "{end:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    tokio::time::timeout(LIMIT, stopping)
+        .await
+        .expect("sidekey stops after the grace period")
+        .unwrap();
     mock.join();
 }
 
