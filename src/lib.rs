@@ -23,13 +23,17 @@
 //!     credentials                   locations, key sets, choosing keys
 //!     tokens                        minted credentials: cache, refresh, sources
 //!     upstream                      our HTTP client (rustls/ring)
-//!  body  url  files  secret  env  metrics   leaves: import nothing of sidekey
+//!  body  url  files  secret  env  metrics  tls_listener
+//!                                   leaves: import nothing of sidekey
 //! ```
 //!
-//! - `server`: listeners, HTTP/1.1 + h2c, graceful drain.
+//! - `server`: listeners (the proxy port and the optional TLS listener,
+//!   serving the same service), HTTP/1.1 + h2c, graceful drain.
 //! - `proxy`: the request path as named steps (inbound checks, strip,
 //!   allowlist, the attempt loop, response body with access log), in one
-//!   `request` span per request.
+//!   `request` span per request; `proxy::origin` refuses web pages
+//!   (`Origin`) and rebound host names, `proxy::websocket` takes a
+//!   WebSocket handshake upstream and copies the bytes both ways after `101`.
 //! - `reload`: the immutable snapshot behind an `ArcSwap`; the watcher and
 //!   the reload thread; the stability rule for files being written; last
 //!   good values for credentials that cannot be read.
@@ -47,7 +51,9 @@
 //!   user credentials; Entra ID; the AWS chain), cached and refreshed in
 //!   the background, provider-agnostic.
 //! - `upstream`: the rustls client (ring, webpki roots + `ca_file`).
-//! - Leaves: `body` (request bodies shared by `proxy` and `upstream`), `url`
+//! - Leaves: `tls_listener` (the TLS listener's rustls server config from a
+//!   PEM chain and key, built with each snapshot), `body` (request bodies
+//!   shared by `proxy` and `upstream`), `url`
 //!   (upstream base URLs), `files` (bounded reads: regular files only, size
 //!   caps, never blocking on a FIFO), [`Secret`] (redacts and wipes), `env`
 //!   (environment lookup passed in; tests use a map, not `set_var`),
@@ -79,6 +85,7 @@ mod secret;
 mod server;
 pub mod shutdown;
 pub mod telemetry;
+mod tls_listener;
 mod tokens;
 mod upstream;
 mod url;
@@ -152,6 +159,8 @@ impl StartError {
 pub struct Server {
     proxy: TcpListener,
     admin: TcpListener,
+    /// The optional TLS listener (`tls_listen`).
+    tls: Option<TcpListener>,
     shared: Arc<Shared>,
     /// Already watching: a change made once `start` has returned is seen.
     reloader: reload::watch::Reloader,
@@ -198,6 +207,10 @@ impl Server {
         };
         let proxy = bind(snap.config.listen, "listen").await?;
         let admin = bind(snap.config.admin_listen, "admin_listen").await?;
+        let tls = match snap.config.tls.as_ref().map(|t| t.addr) {
+            Some(addr) => Some(bind(addr, "tls_listen").await?),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(
             snap,
             reg,
@@ -210,6 +223,7 @@ impl Server {
         Ok(Self {
             proxy,
             admin,
+            tls,
             shared,
             reloader,
         })
@@ -222,6 +236,15 @@ impl Server {
     /// When the OS cannot report the address.
     pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
         self.proxy.local_addr()
+    }
+
+    /// The bound TLS listener address, when `tls_listen` is set.
+    ///
+    /// # Errors
+    ///
+    /// When the OS cannot report the address.
+    pub fn tls_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.tls.as_ref().map(TcpListener::local_addr).transpose()
     }
 
     /// The bound admin address.
@@ -239,6 +262,7 @@ impl Server {
         let Self {
             proxy,
             admin,
+            tls,
             shared,
             reloader,
         } = self;
@@ -251,6 +275,7 @@ impl Server {
             tracing::info!(
                 listen = %bound(&proxy),
                 admin = %bound(&admin),
+                tls_listen = %tls.as_ref().map_or_else(|| "-".to_owned(), bound),
                 routes = %snap.routes.names(),
                 config = %shared.source.display_name(),
                 version = env!("CARGO_PKG_VERSION"),
@@ -265,7 +290,7 @@ impl Server {
         let reload_task = tokio::spawn(reloader.run(async move {
             let _ = reload_stopped.await;
         }));
-        server::serve_proxy(proxy, shared, shutdown).await;
+        server::serve_proxy(proxy, tls, shared, shutdown).await;
         let _ = stop_reload.send(());
         let _ = stop_admin.send(());
         let _ = tokio::join!(reload_task, admin_task);

@@ -9,6 +9,12 @@
 //! `shutdown.drain_delay`, then the listener closes and requests in flight
 //! and open WebSockets get up to `shutdown.grace_period` to finish; the
 //! WebSockets still open then are closed.
+//!
+//! The optional TLS listener (`tls_listen`) serves the same service through
+//! the same builder and the same drain: each accepted socket gets TCP_NODELAY,
+//! then a TLS handshake (bounded by `limits.header_read_timeout`) with the
+//! server config of the snapshot serving at that moment, so a rotated
+//! certificate reaches new connections.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::proxy::{self, websocket::Sockets};
 use crate::reload::Shared;
@@ -30,9 +36,24 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// Longest wait, after the grace period, for WebSockets to close and log.
 const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Serves the proxy port until `shutdown` resolves, then drains.
+/// Accepts from the TLS listener, or never when there is none.
+async fn accept_tls(tls: Option<&TcpListener>) -> std::io::Result<TcpStream> {
+    match tls {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a listener is bound to a loopback address (the host check).
+fn is_loopback(l: &TcpListener) -> bool {
+    l.local_addr().is_ok_and(|a| a.ip().is_loopback())
+}
+
+/// Serves the proxy port (and the TLS listener, when there is one) until
+/// `shutdown` resolves, then drains.
 pub(crate) async fn serve_proxy(
     listener: TcpListener,
+    tls: Option<TcpListener>,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -59,13 +80,15 @@ pub(crate) async fn serve_proxy(
     // Upgraded connections leave hyper (and `graceful`): WebSockets are
     // tracked here, for the grace period.
     let sockets = Arc::new(Sockets::default());
-    let svc = {
+    let service = |loopback: bool| {
         let shared = shared.clone();
         let sockets = sockets.clone();
-        service_fn(move |req| proxy::handle(shared.clone(), sockets.clone(), req))
+        service_fn(move |req| proxy::handle(shared.clone(), sockets.clone(), loopback, req))
     };
+    let svc = service(is_loopback(&listener));
+    let tls_svc = service(tls.as_ref().is_some_and(is_loopback));
 
-    let accept_one = |stream: tokio::net::TcpStream| {
+    let accept_one = |stream: TcpStream| {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
@@ -79,6 +102,41 @@ pub(crate) async fn serve_proxy(
             }
         });
     };
+    // A TLS connection: the handshake runs in its own task, with the server
+    // config of the snapshot serving now; the connection is watched by the
+    // drain from accept on.
+    let accept_tls_one = |stream: TcpStream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let Some(config) = shared.snapshot().tls.as_ref().map(|t| t.config()) else {
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let builder = builder.clone();
+        let svc = tls_svc.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    };
 
     tokio::pin!(shutdown);
     loop {
@@ -87,6 +145,13 @@ pub(crate) async fn serve_proxy(
                 Ok((stream, _)) => accept_one(stream),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+            accepted = accept_tls(tls.as_ref()) => match accepted {
+                Ok(stream) => accept_tls_one(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the TLS listener");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             },
@@ -113,11 +178,16 @@ pub(crate) async fn serve_proxy(
                     // Out of file descriptors: pause rather than spin.
                     Err(_) => tokio::time::sleep(ACCEPT_ERROR_PAUSE).await,
                 },
+                accepted = accept_tls(tls.as_ref()) => match accepted {
+                    Ok(stream) => accept_tls_one(stream),
+                    Err(_) => tokio::time::sleep(ACCEPT_ERROR_PAUSE).await,
+                },
                 () = &mut delay => break,
             }
         }
     }
     drop(listener);
+    drop(tls);
 
     let open = graceful.count();
     let websockets = sockets.open();

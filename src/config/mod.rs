@@ -94,12 +94,27 @@ pub(crate) fn open_to_anyone(
     !listen.ip().is_loopback() && !has_token && !allow_unauthenticated
 }
 
+/// The optional TLS listener (`tls_listen`, `tls_cert`, `tls_key`): the
+/// same service as `listen`, over TLS, for clients that insist on
+/// `https://`/`wss://`. The certificate chain and key are read when a
+/// snapshot is built, so a rotated pair is served to new connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsListen {
+    pub(crate) addr: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub(crate) cert: Location,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub(crate) key: Location,
+}
+
 /// A validated `sidekey.toml`. Holds locations, never secret values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Config {
     pub(crate) source: ConfigSource,
     pub(crate) listen: SocketAddr,
     pub(crate) admin_listen: SocketAddr,
+    /// The optional TLS listener.
+    pub(crate) tls: Option<TlsListen>,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) inbound_token: Option<Location>,
     /// `allow_unauthenticated`: a non-loopback `listen` without a token.
@@ -200,6 +215,7 @@ impl Cx<'_> {
     ) -> Result<Config, ConfigError> {
         let (listen, admin_listen) = self.listen_addrs(&raw, overrides)?;
         let inbound_token = self.inbound_token(&raw, listen)?;
+        let tls = self.tls_listen(&raw, listen, admin_listen, inbound_token.is_some())?;
         let allowed_origins = self.allowed_origins(raw.allowed_origins.as_ref())?;
         let allowed_hosts = self.allowed_hosts(raw.allowed_hosts.as_ref())?;
         let limits = self.limits(&raw.limits)?;
@@ -218,6 +234,7 @@ impl Cx<'_> {
             source,
             listen,
             admin_listen,
+            tls,
             ca_file: raw.ca_file.as_ref().map(|v| self.path(v)),
             inbound_token,
             allow_unauthenticated: raw.allow_unauthenticated,
@@ -300,6 +317,82 @@ impl Cx<'_> {
             ));
         }
         Ok(inbound_token)
+    }
+}
+
+// === impl Cx: the TLS listener ===
+
+impl Cx<'_> {
+    /// `tls_listen`, `tls_cert` and `tls_key`: all three or none; an
+    /// address of its own; stored locations (read when a snapshot is
+    /// built); beyond loopback, the same token rule as `listen`.
+    fn tls_listen(
+        &self,
+        raw: &ConfigToml,
+        listen: SocketAddr,
+        admin_listen: SocketAddr,
+        has_token: bool,
+    ) -> Result<Option<TlsListen>, ConfigError> {
+        let (addr, cert, key) = match (&raw.tls_listen, &raw.tls_cert, &raw.tls_key) {
+            (None, None, None) => return Ok(None),
+            (Some(a), Some(c), Some(k)) => (a, c, k),
+            (a, c, k) => {
+                let present = [("tls_listen", a), ("tls_cert", c), ("tls_key", k)];
+                let missing: Vec<&str> = present
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(n, _)| *n)
+                    .collect();
+                let Some((name, v)) = present
+                    .iter()
+                    .find_map(|(n, v)| v.as_ref().map(|v| (*n, v)))
+                else {
+                    return Ok(None);
+                };
+                return Err(self.at(
+                    v,
+                    name,
+                    format!(
+                        "`tls_listen`, `tls_cert` and `tls_key` go together: `{}` is missing",
+                        missing.join("`, `")
+                    ),
+                ));
+            }
+        };
+        let addr_value = addr;
+        let addr = self.addr(Some(addr), "tls_listen", DEFAULT_LISTEN)?;
+        if addr.port() != 0 && (addr == listen || addr == admin_listen) {
+            return Err(self.at(
+                addr_value,
+                "tls_listen",
+                "must differ from `listen` and `admin_listen`",
+            ));
+        }
+        if open_to_anyone(addr, has_token, raw.allow_unauthenticated) {
+            return Err(self.at(
+                addr_value,
+                "tls_listen",
+                format!(
+                    "{addr} is not a loopback address: set `inbound_token` so only clients holding \
+                     it can use your keys, or `allow_unauthenticated = true` to accept anyone who can connect"
+                ),
+            ));
+        }
+        let stored = |v: &Spanned<String>, name: &str| -> Result<Location, ConfigError> {
+            let loc = self.location(v.get_ref(), v, name)?;
+            if matches!(
+                loc,
+                Location::None | Location::Dynamic(_) | Location::Metadata | Location::Ambient(_)
+            ) {
+                return Err(self.at(v, name, "must be env::, path:: or path_from_env::"));
+            }
+            Ok(loc)
+        };
+        Ok(Some(TlsListen {
+            addr,
+            cert: stored(cert, "tls_cert")?,
+            key: stored(key, "tls_key")?,
+        }))
     }
 }
 

@@ -18,6 +18,11 @@ use toml::Spanned;
 pub(crate) struct ConfigToml {
     pub(crate) listen: Option<Spanned<String>>,
     pub(crate) admin_listen: Option<Spanned<String>>,
+    /// The optional TLS listener's address, with its certificate chain and
+    /// key (credential locations, PEM).
+    pub(crate) tls_listen: Option<Spanned<String>>,
+    pub(crate) tls_cert: Option<Spanned<String>>,
+    pub(crate) tls_key: Option<Spanned<String>>,
     pub(crate) ca_file: Option<Spanned<String>>,
     pub(crate) inbound_token: Option<Spanned<String>>,
     #[serde(default)]

@@ -340,3 +340,52 @@ credentials = { tenant_id = "t", client_id = "c", client_secret = "path::/s/secr
         "{e}"
     );
 }
+
+#[test]
+fn the_tls_listener_takes_all_three_settings_or_none() {
+    let cfg = parse(
+        "tls_listen = \"127.0.0.1:8443\"\ntls_cert = \"path::tls/tls.crt\"\ntls_key = \"env::TLS_KEY\"\n",
+    )
+    .unwrap();
+    let tls = cfg.tls.unwrap();
+    assert_eq!(tls.addr, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(tls.cert, Location::Path("/etc/sidekey/tls/tls.crt".into()));
+    assert_eq!(tls.key, Location::Env("TLS_KEY".into()));
+    assert!(parse("").unwrap().tls.is_none());
+
+    let e = err("listen = \"127.0.0.1:8787\"\n\ntls_cert = \"path::/c.pem\"\n");
+    assert!(e.contains("sidekey.toml:3"), "{e}");
+    assert!(e.contains("tls_cert"), "{e}");
+    assert!(e.contains("`tls_listen`, `tls_key` is missing"), "{e}");
+    let e = err("tls_listen = \"127.0.0.1:8443\"\ntls_cert = \"path::/c.pem\"\n");
+    assert!(
+        e.contains("sidekey.toml:1") && e.contains("`tls_key` is missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_tls_listener_is_checked_like_listen() {
+    let pair = "tls_cert = \"path::/c.pem\"\ntls_key = \"path::/k.pem\"\n";
+    let e = err(&format!("tls_listen = \"nope\"\n{pair}"));
+    assert!(
+        e.contains("sidekey.toml:1") && e.contains("tls_listen"),
+        "{e}"
+    );
+    let e = err(&format!("tls_listen = \"127.0.0.1:8787\"\n{pair}"));
+    assert!(e.contains("must differ from `listen`"), "{e}");
+    let e = err(&format!("tls_listen = \"0.0.0.0:8443\"\n{pair}"));
+    assert!(e.contains("not a loopback address"), "{e}");
+    assert!(
+        parse(&format!(
+            "tls_listen = \"0.0.0.0:8443\"\ninbound_token = \"env::T\"\n{pair}"
+        ))
+        .is_ok()
+    );
+    let e =
+        err("tls_listen = \"127.0.0.1:8443\"\ntls_cert = \"none\"\ntls_key = \"path::/k.pem\"\n");
+    assert!(
+        e.contains("sidekey.toml:2") && e.contains("must be env::, path:: or path_from_env::"),
+        "{e}"
+    );
+}

@@ -94,6 +94,40 @@ impl Reader<'_> {
         Secret::new(std::mem::take(&mut *bytes)).map_err(|e| Unavailable::new(location, e))
     }
 
+    /// Reads a stored credential that is not a header value (a PEM
+    /// certificate chain or key: several lines) from any stored location,
+    /// into a buffer wiped on drop.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] naming the location and the reason.
+    pub(crate) fn read_bytes(
+        &self,
+        location: &Location,
+    ) -> Result<Zeroizing<Vec<u8>>, Unavailable> {
+        match location {
+            Location::Env(name) => match self.env.var(name) {
+                Some(v) if !v.trim().is_empty() => Ok(Zeroizing::new(v.into_bytes())),
+                Some(_) => Err(Unavailable::new(location, "is empty")),
+                None => Err(Unavailable::new(
+                    location,
+                    "environment variable is not set",
+                )),
+            },
+            Location::Path(path) => self.read_raw(location, path),
+            Location::PathFromEnv(name) => {
+                let path = self
+                    .env
+                    .var(name)
+                    .ok_or_else(|| Unavailable::new(location, "environment variable is not set"))?;
+                self.read_raw(location, Path::new(&path))
+            }
+            Location::Dynamic(_) | Location::None | Location::Metadata | Location::Ambient(_) => {
+                Err(Unavailable::new(location, "is not a stored credential"))
+            }
+        }
+    }
+
     /// Reads a whole credential file that is not a header value (a
     /// service-account JSON) into a buffer wiped on drop.
     ///

@@ -62,10 +62,13 @@ struct RequestCtx {
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one request. Never fails: errors become envelope responses.
-/// `sockets` holds the WebSockets a handshake may open.
+/// `sockets` holds the WebSockets a handshake may open; `loopback` says
+/// whether the listener the request came in on is a loopback address (the
+/// host check, [`origin`]).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     sockets: Arc<websocket::Sockets>,
+    loopback: bool,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
@@ -90,7 +93,7 @@ pub(crate) async fn handle(
     );
 
     let handshake = ws.then_some(client_upgrade.is_some());
-    let result = handle_inner(&snap, &mut parts, body, &mut cx, handshake)
+    let result = handle_inner(&snap, &mut parts, body, &mut cx, handshake, loopback)
         .instrument(span.clone())
         .await;
     // Only a handshake needs them twice (its socket counts bytes).
@@ -197,10 +200,11 @@ async fn handle_inner(
     body: Incoming,
     cx: &mut RequestCtx,
     handshake: Option<bool>,
+    loopback: bool,
 ) -> Result<attempt::Answer, ProxyError> {
     let uri = &parts.uri;
     inbound::check(parts)?;
-    origin::check(&snap.config, parts)?;
+    origin::check(&snap.config, parts, loopback)?;
     inbound::authorize(snap, &parts.headers)?;
     // `handshake`: a WebSocket handshake, and whether the client's
     // connection can switch (HTTP/1.1 only).

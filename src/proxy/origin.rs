@@ -18,14 +18,20 @@ use crate::error::ProxyError;
 /// The longest host or origin quoted back in an error.
 const QUOTE_MAX: usize = 100;
 
-/// Refuses web pages' requests and rebound host names.
+/// Refuses web pages' requests and, when the listener the request came in
+/// on is a loopback address (`loopback`: the plain or the TLS listener),
+/// rebound host names.
 ///
 /// # Errors
 ///
 /// [`ProxyError::OriginNotAllowed`], [`ProxyError::HostNotAllowed`].
-pub(crate) fn check(config: &Config, parts: &request::Parts) -> Result<(), ProxyError> {
+pub(crate) fn check(
+    config: &Config,
+    parts: &request::Parts,
+    loopback: bool,
+) -> Result<(), ProxyError> {
     check_origin(&config.allowed_origins, &parts.headers)?;
-    if config.listen.ip().is_loopback() {
+    if loopback {
         // HTTP/2 carries the host in `:authority`; HTTP/1.1 in `Host`
         // (absolute-form targets are refused before this).
         let host = parts

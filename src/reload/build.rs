@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::Registries;
 use super::snapshot::{InboundToken, Problem, Snapshot, Stale};
-use crate::config::{AwsAuth, Config, RouteConfig};
+use crate::config::{AwsAuth, Config, RouteConfig, TlsListen};
 use crate::credentials::resolve::{Reader, Unavailable};
 use crate::credentials::{
     AwsSource, EntraIdentity, HealthScope, KeySet, KeySpec, KeyValue, Location, Minting, Secret,
@@ -27,10 +27,21 @@ use crate::providers::aws::{self, AwsTarget, SigV4};
 use crate::providers::vertex::{DEFAULT_LOCATION, VertexTarget};
 use crate::providers::{Auth, Family};
 use crate::routes::{Route, RouteTable, Target, Targets};
+use crate::tls_listener::{ServerTls, TlsListenerError};
 use crate::upstream::Client;
 use crate::upstream::tls::TlsError;
 
-/// A snapshot could not be built (a CA file is bad). Credential problems are
+/// The TLS listener's pair cannot be loaded (`tls_cert`, `tls_key`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsPairError {
+    #[error("{0}")]
+    Read(#[source] Unavailable),
+    #[error(transparent)]
+    Bad(#[from] TlsListenerError),
+}
+
+/// A snapshot could not be built (a CA file is bad, or the TLS listener
+/// has no usable certificate and key and no last good pair). Credential problems are
 /// not errors: they are [`Problem`]s, and the route answers 503.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BuildError {
@@ -40,6 +51,8 @@ pub(crate) enum BuildError {
         #[source]
         source: TlsError,
     },
+    #[error("TLS listener: {0}")]
+    TlsListener(#[source] Arc<TlsPairError>),
 }
 
 /// What a snapshot is built from besides its config.
@@ -83,9 +96,15 @@ impl Snapshot {
             .inbound_token
             .as_ref()
             .map(|loc| cx.inbound_token(loc));
+        let (tls, tls_stale) = match &config.tls {
+            None => (None, None),
+            Some(t) => cx.tls_listener(t)?,
+        };
         let mut snap = Self {
             routes: RouteTable::new(routes),
             inbound_token,
+            tls,
+            tls_stale,
             problems: cx.problems,
             stale: cx.stale,
             config,
@@ -417,6 +436,33 @@ impl Cx<'_> {
             reasons: vec![why.clone()],
         });
         InboundToken::Missing(why)
+    }
+}
+
+impl Cx<'_> {
+    /// The TLS listener's pair. One that cannot be loaded keeps the last
+    /// good pair (silently while a file is being written, else reported as
+    /// a rejection); with no last good pair, the build fails.
+    fn tls_listener(
+        &self,
+        t: &TlsListen,
+    ) -> Result<(Option<ServerTls>, Option<Arc<TlsPairError>>), BuildError> {
+        let reader = self.inputs.reader();
+        let loaded = reader
+            .read_bytes(&t.cert)
+            .and_then(|cert| Ok((cert, reader.read_bytes(&t.key)?)))
+            .map_err(TlsPairError::Read)
+            .and_then(|(cert, key)| Ok(ServerTls::new(&cert, &key)?));
+        let why = match loaded {
+            Ok(tls) => return Ok((Some(tls), None)),
+            Err(why) => why,
+        };
+        let held = matches!(&why, TlsPairError::Read(u) if u.held);
+        match self.inputs.prev.and_then(|p| p.tls.clone()) {
+            Some(prev) if held => Ok((Some(prev), None)),
+            Some(prev) => Ok((Some(prev), Some(Arc::new(why)))),
+            None => Err(BuildError::TlsListener(Arc::new(why))),
+        }
     }
 }
 

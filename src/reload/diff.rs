@@ -117,6 +117,9 @@ pub(crate) fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> 
     if old.admin_listen != new.admin_listen {
         out.push("admin_listen");
     }
+    if old.tls.as_ref().map(|t| t.addr) != new.tls.as_ref().map(|t| t.addr) {
+        out.push("tls_listen");
+    }
     if old.limits.header_read_timeout != new.limits.header_read_timeout {
         out.push("limits.header_read_timeout");
     }

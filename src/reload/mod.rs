@@ -233,6 +233,7 @@ impl Shared {
             }
         };
         self.note_config_stale(&rejected, config_held);
+        rejected.extend(next.tls_stale.clone().map(Rejection::TlsListener));
         rejected.extend(
             next.stale
                 .iter()
@@ -264,7 +265,7 @@ impl Shared {
             Rejection::Config(e) => Some(e.to_string()),
             Rejection::OpenSocket(e) => Some(e.to_string()),
             Rejection::Build { source, .. } => Some(source.to_string()),
-            Rejection::Credential(_) => None,
+            Rejection::Credential(_) | Rejection::TlsListener(_) => None,
         });
         if held && reason.is_none() {
             return;

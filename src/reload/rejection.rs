@@ -7,7 +7,9 @@
 
 use std::net::SocketAddr;
 
-use super::build::BuildError;
+use std::sync::Arc;
+
+use super::build::{BuildError, TlsPairError};
 use super::snapshot::Stale;
 use crate::config::ConfigError;
 
@@ -27,6 +29,9 @@ pub(crate) enum Rejection {
         #[source]
         source: BuildError,
     },
+    /// The TLS listener's new pair cannot serve: the last good pair stays.
+    #[error("tls_cert/tls_key not applied, the last good pair stays: {0}")]
+    TlsListener(#[source] Arc<TlsPairError>),
     /// A credential cannot be read: it keeps its last good value.
     #[error("credential not applied, the last good value stays: {0}")]
     Credential(Box<Stale>),

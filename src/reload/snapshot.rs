@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -19,6 +20,9 @@ use crate::credentials::{Fingerprint, KeyValue, Location, Secret};
 use crate::env::Env;
 use crate::metrics::CredentialLive;
 use crate::routes::RouteTable;
+use crate::tls_listener::ServerTls;
+
+use super::build::TlsPairError;
 use crate::upstream::Client;
 
 /// A credential that cannot be used, found while building a snapshot.
@@ -99,6 +103,11 @@ pub(crate) struct Snapshot {
     pub(crate) config: Config,
     pub(crate) routes: RouteTable,
     pub(crate) inbound_token: Option<InboundToken>,
+    /// The TLS listener's server config, when `tls_listen` is set.
+    pub(crate) tls: Option<ServerTls>,
+    /// Why the TLS listener's pair on disk is not served (the last good
+    /// one is).
+    pub(crate) tls_stale: Option<Arc<TlsPairError>>,
     /// Credentials that could not be read and have no last good value.
     pub(crate) problems: Vec<Problem>,
     /// Credentials serving their last good value.
@@ -143,6 +152,13 @@ impl Snapshot {
             Some(InboundToken::Ready(s)) => field(s.expose()),
             Some(InboundToken::Missing(why)) => field(why.to_string().as_bytes()),
             None => field(b"-"),
+        }
+        match &self.tls {
+            Some(tls) => field(tls.digest()),
+            None => field(b"-"),
+        }
+        if let Some(why) = &self.tls_stale {
+            field(why.to_string().as_bytes());
         }
         // What is stale shows in `/readyz` and the metrics: a change in it
         // is a change.
@@ -244,6 +260,11 @@ impl Snapshot {
         }
         if let Some(loc) = &self.config.inbound_token {
             add(loc, false);
+        }
+        // The TLS listener's certificate chain and key.
+        if let Some(t) = &self.config.tls {
+            add(&t.cert, false);
+            add(&t.key, false);
         }
         files.extend(self.config.ca_file.iter().cloned());
         files.extend(self.config.routes.iter().filter_map(|r| r.ca_file.clone()));

@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 pub struct Running {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, when `tls_listen` is set.
+    pub tls: Option<SocketAddr>,
     pub config_path: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -99,12 +101,14 @@ pub async fn start_file(config_path: &Path, env: MapEnv) -> Running {
     .unwrap_or_else(|e| panic!("sidekey did not start: {e}"));
     let addr = server.proxy_addr().unwrap();
     let admin = server.admin_addr().unwrap();
+    let tls = server.tls_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
     Running {
         addr,
+        tls,
         admin,
         config_path: config_path.to_path_buf(),
         stop: Some(stop),

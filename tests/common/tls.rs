@@ -15,6 +15,10 @@ pub struct TestPki {
     pub server: Arc<rustls::ServerConfig>,
     /// The same, offering only http/1.1.
     pub server_h1: Arc<rustls::ServerConfig>,
+    /// The leaf certificate and its key, PEM (for sidekey's TLS listener).
+    pub leaf_cert_pem: String,
+    pub leaf_key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl TestPki {
@@ -63,6 +67,22 @@ impl TestPki {
             ca_file,
             server: config(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
             server_h1: config(vec![b"http/1.1".to_vec()]),
+            leaf_cert_pem: leaf.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
+            issuer,
         }
+    }
+
+    /// Another leaf for `127.0.0.1` and `localhost` from the same CA:
+    /// (certificate PEM, key PEM, certificate DER).
+    #[allow(dead_code, reason = "not every test binary rotates")]
+    pub fn another_leaf(&self, name: &str) -> (String, String, Vec<u8>) {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
 }

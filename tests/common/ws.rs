@@ -6,7 +6,8 @@
 //! (the credential, mostly): `Err(status)` refuses it before `101`. An
 //! accepted socket echoes every text and binary message; the text
 //! `close-me` makes the provider close; a close from the client is
-//! recorded. Panics in the provider's tasks are re-raised by
+//! recorded. Gemini Live's `setup` and `clientContent` messages get the
+//! answers a Live server gives. Panics in the provider's tasks are re-raised by
 //! [`WsMock::join`] or on drop.
 
 use std::net::SocketAddr;
@@ -173,6 +174,14 @@ where
             Message::Text(t) if t.as_str() == "close-me" => {
                 let _ = ws.close(None).await;
             }
+            // Enough of Gemini Live: the setup is answered `setupComplete`,
+            // a client turn a model turn that repeats its text.
+            Message::Text(t) if live_answer(t.as_str()).is_some() => {
+                let answer = live_answer(t.as_str()).unwrap_or_default();
+                if ws.send(Message::text(answer)).await.is_err() {
+                    break;
+                }
+            }
             Message::Text(_) | Message::Binary(_) => {
                 let sent = ws.send(msg).await;
                 if sent.is_err() {
@@ -184,6 +193,27 @@ where
         }
     }
     log.lock().unwrap().ended += 1;
+}
+
+/// What a Gemini Live server answers to `text`: `setupComplete` to the
+/// setup, a model turn to a client turn (its key written either way, as
+/// the SDKs do), nothing to anything else.
+fn live_answer(text: &str) -> Option<String> {
+    let msg: serde_json::Value = serde_json::from_str(text).ok()?;
+    if msg.get("setup").is_some() {
+        return Some(r#"{"setupComplete": {}}"#.to_owned());
+    }
+    let turn = msg
+        .get("clientContent")
+        .or_else(|| msg.get("client_content"))?;
+    let said = turn["turns"][0]["parts"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    let answer = serde_json::json!({"serverContent": {
+        "modelTurn": {"role": "model", "parts": [{"text": format!("live: {said}")}]},
+        "turnComplete": true,
+    }});
+    Some(answer.to_string())
 }
 
 /// A WebSocket client connection to sidekey.
