@@ -381,6 +381,49 @@ async fn shutdown_gives_sockets_the_grace_period_then_closes_them() {
 }
 
 #[tokio::test]
+async fn sigterm_to_the_binary_gives_open_sockets_the_grace_period_then_closes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let mock = WsMock::start(&pki, bearer_real).await;
+    let config = dir.path().join("sidekey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nca_file = \"{ca}\"\n\
+             [shutdown]\ngrace_period = \"1s\"\n\
+             [routes.openai]\ntype = \"openai\"\nupstream = \"{up}\"\nkey = \"env::OPENAI_API_KEY\"\n",
+            ca = pki.ca_file.display(),
+            up = mock.base(),
+        ),
+    )
+    .unwrap();
+    let proc = common::process::spawn(
+        &["--config", config.to_str().unwrap()],
+        &[("OPENAI_API_KEY", REAL)],
+    )
+    .await;
+    let url = format!("ws://{}/openai/v1/realtime?model=m", proc.listen);
+    let mut c = ws::connect(&url, &[]).await.expect("handshake accepted");
+    c.send(Message::text("before")).await.unwrap();
+    assert_eq!(next(&mut c).await, Some(Message::text("before")));
+
+    let started = tokio::time::Instant::now();
+    proc.signal("-TERM").await;
+    // Within the grace period the socket still carries messages.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(Message::text("during grace")).await.unwrap();
+    assert_eq!(next(&mut c).await, Some(Message::text("during grace")));
+    // Then it is closed, and the process exits cleanly.
+    assert!(ws::ended(&mut c).await);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let (status, stderr) = proc.exited(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(stderr.contains("websocket closed"), "{stderr}");
+    assert!(!stderr.contains(REAL), "the key leaked into the log");
+    mock.join();
+}
+
+#[tokio::test]
 async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());

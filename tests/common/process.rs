@@ -98,6 +98,18 @@ impl Proc {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    /// Waits (bounded) for the process to exit by itself (after a signal the
+    /// test sent); returns the status and everything it wrote to stderr.
+    pub async fn exited(mut self, within: Duration) -> (ExitStatus, String) {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("sidekey did not exit within {within:?}"))
+            .unwrap();
+        // Let the reader task drain the pipe.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status, self.stderr())
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit; returns the status and
     /// everything the process wrote to stderr.
     pub async fn terminate(mut self) -> (ExitStatus, String) {
