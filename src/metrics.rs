@@ -105,14 +105,14 @@ impl<const N: usize> Histogram<N> {
 pub(crate) struct RouteMetrics {
     route: Arc<str>,
     /// Requests by status code, indexed by `status - 100`.
-    statuses: Vec<AtomicU64>,
+    statuses: StatusCounts,
     duration: Histogram<16>,
     failovers_rejected: AtomicU64,
     failovers_rate_limited: AtomicU64,
     tokens_ok: AtomicU64,
     tokens_error: AtomicU64,
-    /// WebSocket handshakes by status answered, indexed by `status - 100`.
-    ws_statuses: Vec<AtomicU64>,
+    /// WebSocket handshakes by status answered.
+    ws_statuses: StatusCounts,
     ws_bytes_up: AtomicU64,
     ws_bytes_down: AtomicU64,
     /// Whether the route has logged that a body was too large to retry
@@ -124,13 +124,13 @@ impl RouteMetrics {
     fn new(route: Arc<str>) -> Self {
         Self {
             route,
-            statuses: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            statuses: StatusCounts::new(),
             duration: Histogram::new(&DURATION_BUCKETS),
             failovers_rejected: AtomicU64::new(0),
             failovers_rate_limited: AtomicU64::new(0),
             tokens_ok: AtomicU64::new(0),
             tokens_error: AtomicU64::new(0),
-            ws_statuses: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            ws_statuses: StatusCounts::new(),
             ws_bytes_up: AtomicU64::new(0),
             ws_bytes_down: AtomicU64::new(0),
             over_limit_logged: AtomicBool::new(false),
@@ -164,12 +164,7 @@ impl RouteMetrics {
 
     /// Counts a WebSocket handshake and the status it was answered with.
     pub(crate) fn websocket(&self, status: StatusCode) {
-        if let Some(c) = self
-            .ws_statuses
-            .get(usize::from(status.as_u16()).wrapping_sub(100))
-        {
-            c.fetch_add(1, Relaxed);
-        }
+        self.ws_statuses.add(status);
     }
 
     /// Counts bytes a WebSocket carried: `up` from the client to the
@@ -181,12 +176,7 @@ impl RouteMetrics {
 
     /// Records one finished request.
     pub(crate) fn observe(&self, status: StatusCode, elapsed: Duration) {
-        if let Some(c) = self
-            .statuses
-            .get(usize::from(status.as_u16()).wrapping_sub(100))
-        {
-            c.fetch_add(1, Relaxed);
-        }
+        self.statuses.add(status);
         self.duration.observe(elapsed);
     }
 }
@@ -358,17 +348,8 @@ impl Metrics {
         out.push_str("# HELP sidekey_websockets_total WebSocket handshakes, by route and the status answered (101: opened).\n");
         out.push_str("# TYPE sidekey_websockets_total counter\n");
         for m in routes {
-            for (i, c) in m.ws_statuses.iter().enumerate() {
-                let n = c.load(Relaxed);
-                if n > 0 {
-                    let status = i + 100;
-                    let _ = writeln!(
-                        out,
-                        "sidekey_websockets_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                        m.route
-                    );
-                }
-            }
+            m.ws_statuses
+                .render(out, "sidekey_websockets_total", &m.route);
         }
         out.push_str("# HELP sidekey_websocket_bytes_total Bytes WebSockets carried, by route and direction (upstream: client to provider).\n");
         out.push_str("# TYPE sidekey_websocket_bytes_total counter\n");
@@ -416,22 +397,39 @@ impl Metrics {
     }
 }
 
+/// A counter per HTTP status (100-599), lock-free.
+#[derive(Debug)]
+struct StatusCounts(Box<[AtomicU64]>);
+
+impl StatusCounts {
+    fn new() -> Self {
+        Self((100..600).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn add(&self, status: StatusCode) {
+        if let Some(c) = self.0.get(usize::from(status.as_u16()).wrapping_sub(100)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `name{route="...",status="..."} n` for every status seen.
+    fn render(&self, out: &mut String, name: &str, route: &str) {
+        for (i, c) in self.0.iter().enumerate() {
+            let n = c.load(Relaxed);
+            if n > 0 {
+                let status = i + 100;
+                let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
+        }
+    }
+}
+
 /// Requests by route and status, and their durations.
 fn render_requests(out: &mut String, routes: &[Arc<RouteMetrics>]) {
     out.push_str("# HELP sidekey_requests_total Requests answered, by route and HTTP status.\n");
     out.push_str("# TYPE sidekey_requests_total counter\n");
     for m in routes {
-        for (i, c) in m.statuses.iter().enumerate() {
-            let n = c.load(Relaxed);
-            if n > 0 {
-                let status = i + 100;
-                let _ = writeln!(
-                    out,
-                    "sidekey_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                    m.route
-                );
-            }
-        }
+        m.statuses.render(out, "sidekey_requests_total", &m.route);
     }
     out.push_str("# HELP sidekey_request_duration_seconds Time from request start to the end of the response body, by route.\n");
     out.push_str("# TYPE sidekey_request_duration_seconds histogram\n");
