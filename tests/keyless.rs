@@ -45,7 +45,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -85,9 +84,7 @@ async fn python(args: &[&str], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
     cmd.arg(script)
         .args(args)
         .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+        .envs(env.iter().copied());
     #[allow(
         clippy::disallowed_methods,
         reason = "the child needs the machine's PATH (for nothing else)"
@@ -95,20 +92,7 @@ async fn python(args: &[&str], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
     if let Some(path) = std::env::var_os("PATH") {
         cmd.env("PATH", path);
     }
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("clients.py {args:?} did not finish within 120 s"))
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "clients.py {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    common::run_json(cmd, &format!("clients.py {args:?}")).await
 }
 
 /// A normal and a streamed call, the stream in more than one piece.

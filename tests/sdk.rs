@@ -136,31 +136,15 @@ fn provider(r: &Recorded) -> Reply {
 
 async fn run_case(case: &str, base: &str) -> Vec<serde_json::Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/clients.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(common::python())
-            .arg(script)
-            .arg(case)
-            .env("SIDEKEY_URL", base)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("GOOGLE_API_KEY")
-            .env_remove("GEMINI_API_KEY")
-            .output(),
-    )
-    .await
-    .expect("the SDK script did not finish")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{case}: SDK script failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let mut cmd = tokio::process::Command::new(common::python());
+    cmd.arg(script)
+        .arg(case)
+        .env("SIDEKEY_URL", base)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("GOOGLE_API_KEY")
+        .env_remove("GEMINI_API_KEY");
+    common::run_json(cmd, &format!("{case}: SDK script")).await
 }
 
 #[tokio::test]

@@ -431,28 +431,13 @@ async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key(
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
     let script =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/websocket/openai_ws.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(common::python())
-            .arg(script)
-            .arg(sk.url("/openai/v1"))
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .output(),
-    )
-    .await
-    .expect("the SDK script did not finish")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "SDK script failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let mut cmd = tokio::process::Command::new(common::python());
+    cmd.arg(script)
+        .arg(sk.url("/openai/v1"))
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL");
+    let lines = common::run_json(cmd, "openai_ws.py").await;
+    let stdout = format!("{lines:?}");
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_eq!(lines[0]["mode"], "realtime");
     assert_eq!(lines[0]["echo"]["type"], "session.update");

@@ -321,33 +321,17 @@ async fn python(pki: &TestPki, script: &str, args: &[&str]) -> Vec<serde_json::V
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/websocket")
         .join(script);
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(common::python())
-            .arg(path)
-            .args(args)
-            .env("SSL_CERT_FILE", &pki.ca_file)
-            .env("REQUESTS_CA_BUNDLE", &pki.ca_file)
-            .env_remove("GOOGLE_API_KEY")
-            .env_remove("GEMINI_API_KEY")
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("AZURE_OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .output(),
-    )
-    .await
-    .expect("the SDK script did not finish")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{script} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let mut cmd = tokio::process::Command::new(common::python());
+    cmd.arg(path)
+        .args(args)
+        .env("SSL_CERT_FILE", &pki.ca_file)
+        .env("REQUESTS_CA_BUNDLE", &pki.ca_file)
+        .env_remove("GOOGLE_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("AZURE_OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL");
+    common::run_json(cmd, script).await
 }
 
 #[tokio::test]

@@ -17,7 +17,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +24,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 
 use super::mock::{Mock, Recorded, Reply, Transport};
 use super::sidekey::Running;
@@ -788,11 +786,7 @@ pub async fn run_script(name: &str, args: &[&str], env: &[(&str, &str)], stdin: 
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .envs(env.iter().copied());
     #[allow(
         clippy::disallowed_methods,
         reason = "the child needs the machine's PATH (for nothing else)"
@@ -800,21 +794,7 @@ pub async fn run_script(name: &str, args: &[&str], env: &[(&str, &str)], stdin: 
     if let Some(path) = std::env::var_os("PATH") {
         cmd.env("PATH", path);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin).await.unwrap();
-    drop(pipe);
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{name} {args:?} did not finish within 120 s"))
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    super::run_script(cmd, Some(stdin), &format!("{name} {args:?}")).await
 }
 
 /// The request as verify_sigv4.py takes it.

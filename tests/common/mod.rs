@@ -60,6 +60,50 @@ pub fn python() -> std::path::PathBuf {
     python
 }
 
+/// Runs a test script (an SDK client, an oracle), feeding it `stdin` when
+/// given, bounded at 120 s; panics unless it exits 0; returns its stdout.
+/// `what` names it in failures.
+pub async fn run_script(
+    mut cmd: tokio::process::Command,
+    stdin: Option<&[u8]>,
+    what: &str,
+) -> String {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt as _;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(bytes).await.unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// [`run_script`] for a script that prints one JSON value per line.
+pub async fn run_json(cmd: tokio::process::Command, what: &str) -> Vec<serde_json::Value> {
+    run_script(cmd, None, what)
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {l}")))
+        .collect()
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
 /// with `what`. Every wait in the tests is bounded by one of these.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
