@@ -352,3 +352,14 @@ pod `initContainers` list. Pair it with "sidekey.volumes". */}}
 {{- end -}}
 {{- include "sidekey.container" (dict "ctx" . "sidecar" true) -}}
 {{- end -}}
+
+{{/*
+PromQL label matchers in braces, from a list of strings (empty ones are
+skipped); nothing when all are empty. Used by the PrometheusRule so that
+`monitoring.selector` joins each alert's own matchers.
+*/}}
+{{- define "sidekey.matchers" -}}
+{{- $parts := list -}}
+{{- range . }}{{ if . }}{{ $parts = append $parts . }}{{ end }}{{ end -}}
+{{- if $parts }}{{ printf "{%s}" (join "," $parts) }}{{ end -}}
+{{- end }}
