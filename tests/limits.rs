@@ -231,6 +231,22 @@ async fn a_head_past_max_header_bytes_gets_431() {
     // 10 × 6 KiB = 60 KiB: within it; sidekey's own answer (unknown route).
     let fits = exchange(&sk, &head_with(10, 6 << 10)).await;
     assert!(fits.starts_with("HTTP/1.1 404"), "{fits}");
+
+    // HTTP/2 (h2c): the header list is bounded the same way.
+    let padded = |size: usize| {
+        let pad: Vec<String> = (0..10).map(|_| "a".repeat(size)).collect();
+        let names: Vec<String> = (0..10).map(|i| format!("x-pad-{i}")).collect();
+        let headers: Vec<(&str, &str)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(pad.iter().map(String::as_str))
+            .collect();
+        request(Method::GET, &sk.url("/nope/x"), &headers, Bytes::new())
+    };
+    let big = common::client::send_with(padded(7 << 10), true).await;
+    assert_eq!(big.status, 431);
+    let fits = common::client::send_with(padded(6 << 10), true).await;
+    assert_eq!(fits.status, 404);
     sk.stop().await;
 }
 
