@@ -56,6 +56,9 @@ pub(crate) enum ProxyError {
     BodyTooLarge { route: String, limit: u64 },
     #[error("route {route}: could not read the request body: {reason}")]
     RequestBody { route: String, reason: String },
+    /// The client stopped sending a body sidekey reads itself.
+    #[error("route {route}: the request body did not arrive within {}s (limits.body_read_timeout)", .after.as_secs_f64())]
+    BodyTimeout { route: String, after: Duration },
     #[error(
         "route {route}: the request body is not JSON with a string `model`, which the model allowlist needs"
     )]
@@ -122,6 +125,7 @@ impl ProxyError {
             Self::ModelNotAllowed { .. } => (S::FORBIDDEN, "model_not_allowed"),
             Self::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::RequestBody { .. } => (S::BAD_REQUEST, "bad_request_body"),
+            Self::BodyTimeout { .. } => (S::REQUEST_TIMEOUT, "body_timeout"),
             Self::NoModel { .. } => (S::BAD_REQUEST, "model_missing"),
             Self::BadVertexPath { .. } => (S::BAD_REQUEST, "bad_vertex_path"),
             Self::CredentialUnavailable { .. } => {
@@ -201,6 +205,8 @@ mod tests {
             => 403, "model_not_allowed";
         BodyTooLarge: ProxyError::BodyTooLarge { route: r(), limit: 1 } => 413, "body_too_large";
         RequestBody: ProxyError::RequestBody { route: r(), reason: r() } => 400, "bad_request_body";
+        BodyTimeout: ProxyError::BodyTimeout { route: r(), after: Duration::from_secs(1) }
+            => 408, "body_timeout";
         NoModel: ProxyError::NoModel { route: r() } => 400, "model_missing";
         CredentialUnavailable: ProxyError::CredentialUnavailable {
             route: r(),

@@ -28,7 +28,8 @@
 //! ```
 //!
 //! - `server`: listeners (the proxy port and the optional TLS listener,
-//!   serving the same service), HTTP/1.1 + h2c, graceful drain.
+//!   serving the same service), HTTP/1.1 + h2c, graceful drain, the
+//!   connection limit and the deadline on a connection's first bytes.
 //! - `proxy`: the request path as named steps (inbound checks, strip,
 //!   allowlist, the attempt loop, response body with access log), in one
 //!   `request` span per request; `proxy::origin` refuses web pages

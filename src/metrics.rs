@@ -27,6 +27,12 @@
 //!   counter (handshakes by the status answered: 101 opened one),
 //!   `sidekey_websocket_bytes_total{route,direction}` counter (`upstream`:
 //!   client to provider; `downstream`: provider to client)
+//! - `sidekey_connections_open` gauge (client connections and the
+//!   WebSockets they became, each holding a place in `limits.max_connections`),
+//!   `sidekey_limited_total{limit}` counter (`max_connections`: the accept
+//!   loop found no free place; `body_read_timeout`: a body read cut, 408;
+//!   `replay_budget`: a request not kept for a fallback because
+//!   `limits.max_replay_total` was spent)
 //! - `sidekey_build_info{version}` gauge
 
 use std::collections::BTreeMap;
@@ -193,6 +199,25 @@ pub(crate) struct Metrics {
     last_reload_success: AtomicU64,
     /// WebSockets open now.
     websockets_open: AtomicU64,
+    /// Client connections holding a place in `limits.max_connections`.
+    connections_open: AtomicU64,
+    /// Times the accept loop found every place taken ([`Limit::MaxConnections`]).
+    limited_connections: AtomicU64,
+    /// Body reads cut by [`Limit::BodyReadTimeout`].
+    limited_body_reads: AtomicU64,
+    /// Requests streamed without replay: the budget's own counter, shared
+    /// with it (the replay budget is a leaf and cannot see `Metrics`).
+    replay_budget_refused: Arc<AtomicU64>,
+}
+
+/// A limit that refused or degraded something (`sidekey_limited_total{limit}`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Limit {
+    /// Every place of `limits.max_connections` was taken when the accept
+    /// loop wanted to accept: the next connection waits in the backlog.
+    MaxConnections,
+    /// A body sidekey reads itself did not arrive in `limits.body_read_timeout`.
+    BodyReadTimeout,
 }
 
 impl Default for Metrics {
@@ -205,6 +230,10 @@ impl Default for Metrics {
             reload_duration: Histogram::new(&RELOAD_BUCKETS),
             last_reload_success: AtomicU64::new(0),
             websockets_open: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            limited_connections: AtomicU64::new(0),
+            limited_body_reads: AtomicU64::new(0),
+            replay_budget_refused: Arc::default(),
         }
     }
 }
@@ -292,6 +321,52 @@ impl Metrics {
         }
     }
 
+    /// A client connection took (`true`) or gave back its place.
+    pub(crate) fn connection_open(&self, open: bool) {
+        if open {
+            self.connections_open.fetch_add(1, Relaxed);
+        } else {
+            self.connections_open.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Counts one refusal by `limit`.
+    pub(crate) fn limited(&self, limit: Limit) {
+        let counter = match limit {
+            Limit::MaxConnections => &self.limited_connections,
+            Limit::BodyReadTimeout => &self.limited_body_reads,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// The counter the replay budget adds to when it keeps a request out.
+    pub(crate) fn replay_budget_counter(&self) -> Arc<AtomicU64> {
+        self.replay_budget_refused.clone()
+    }
+
+    /// Connections open and refusals by limit.
+    fn render_limits(&self, out: &mut String) {
+        out.push_str("# HELP sidekey_connections_open Client connections (and WebSockets) holding a place in limits.max_connections.\n");
+        out.push_str("# TYPE sidekey_connections_open gauge\n");
+        let _ = writeln!(
+            out,
+            "sidekey_connections_open {}",
+            self.connections_open.load(Relaxed)
+        );
+        out.push_str(
+            "# HELP sidekey_limited_total Times a limit refused or degraded something, by limit.\n",
+        );
+        out.push_str("# TYPE sidekey_limited_total counter\n");
+        for (name, n) in [
+            ("max_connections", &self.limited_connections),
+            ("body_read_timeout", &self.limited_body_reads),
+            ("replay_budget", &*self.replay_budget_refused),
+        ] {
+            let n = n.load(Relaxed);
+            let _ = writeln!(out, "sidekey_limited_total{{limit=\"{name}\"}} {n}");
+        }
+    }
+
     /// Counts a reload attempt (the initial load included) and how long it took.
     pub(crate) fn reload(&self, result: ReloadResult, took: Duration) {
         self.reload_duration.observe(took);
@@ -326,6 +401,7 @@ impl Metrics {
         render_credentials(&mut out, live);
         self.render_reloads(&mut out);
         self.render_websockets(&mut out, &routes);
+        self.render_limits(&mut out);
         out.push_str("# HELP sidekey_build_info The running version.\n");
         out.push_str("# TYPE sidekey_build_info gauge\n");
         let _ = writeln!(

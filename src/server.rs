@@ -15,6 +15,20 @@
 //! then a TLS handshake (bounded by `limits.header_read_timeout`) with the
 //! server config of the snapshot serving at that moment, so a rotated
 //! certificate reaches new connections.
+//!
+//! Limits (design.md, "Operations"): both listeners share one budget of
+//! `limits.max_connections` places. The accept loop takes a place *before*
+//! it accepts, so beyond the limit new connections wait in the kernel's
+//! accept queue; the place goes with the connection and back when it ends,
+//! or with the WebSocket it became ([`crate::proxy::conn`]). A connection
+//! must show its protocol within `limits.header_read_timeout`
+//! ([`first_bytes`]), then HTTP/1 heads are bounded by hyper's header-read
+//! timer and `limits.max_header_bytes` (431), HTTP/2 header lists by the
+//! same size (431). An HTTP/2 connection that opens no stream is held while
+//! its peer answers the keep-alive pings (it keeps its place), and closed
+//! when it stops answering.
+
+mod first_bytes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,9 +39,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
+use crate::metrics::{Limit, Metrics};
+use crate::proxy::conn::{Conn, Place};
 use crate::proxy::{self, websocket::Sockets};
 use crate::reload::Shared;
+use first_bytes::FirstBytes;
 
 /// Pause after a failed `accept` (for example, out of file descriptors), so
 /// the loop does not spin while the condition lasts.
@@ -44,6 +62,59 @@ async fn accept_tls(tls: Option<&TcpListener>) -> std::io::Result<TcpStream> {
     }
 }
 
+/// Which listener a connection came from.
+enum Accepted {
+    Plain(TcpStream),
+    Tls(TcpStream),
+}
+
+/// Both listeners and the places (`limits.max_connections`) they share.
+struct Listeners {
+    plain: TcpListener,
+    tls: Option<TcpListener>,
+    places: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    /// The limit was reached once: said in the log, then only counted.
+    warned: bool,
+}
+
+impl Listeners {
+    /// Waits for a free place, then for a connection on either listener.
+    /// Cancel-safe: a place taken for an accept that is cancelled goes back.
+    async fn next(&mut self) -> (Place, Accepted) {
+        let permit = match self.places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.metrics.limited(Limit::MaxConnections);
+                if !std::mem::replace(&mut self.warned, true) {
+                    tracing::warn!(
+                        "limits.max_connections reached: new connections wait in the accept queue (logged once; see sidekey_limited_total)"
+                    );
+                }
+                match self.places.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    // The semaphore is never closed.
+                    Err(_) => std::future::pending().await,
+                }
+            }
+        };
+        loop {
+            let accepted = tokio::select! {
+                a = self.plain.accept() => a.map(|(s, _)| Accepted::Plain(s)),
+                a = accept_tls(self.tls.as_ref()) => a.map(Accepted::Tls),
+            };
+            match accepted {
+                Ok(conn) => return (Place::new(permit, self.metrics.clone()), conn),
+                Err(e) => {
+                    // For example, out of file descriptors: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+    }
+}
+
 /// Whether a listener is bound to a loopback address (the host check).
 fn is_loopback(l: &TcpListener) -> bool {
     l.local_addr().is_ok_and(|a| a.ip().is_loopback())
@@ -57,14 +128,21 @@ pub(crate) async fn serve_proxy(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) {
-    // Read once: changing it needs a restart (the reloader says so).
-    let header_read_timeout = shared.snapshot().config.limits.header_read_timeout;
+    // Read once: changing them needs a restart (the reloader says so).
+    let limits = shared.snapshot().config.limits.clone();
+    let header_read_timeout = limits.header_read_timeout;
+    // Validated: at least hyper's minimum of 8 KiB, at most 4 GiB.
+    let max_header_bytes = usize::try_from(limits.max_header_bytes)
+        .unwrap_or(usize::MAX)
+        .max(8192);
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
+        // The whole head must fit: 431 beyond it.
+        .max_buf_size(max_header_bytes)
         // A response head and its body (or an event) go out in one write():
         // hyper copies the body after the head rather than queueing both for
         // writev. Bodies are small or streamed in small chunks, so the copy
@@ -74,26 +152,29 @@ pub(crate) async fn serve_proxy(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
 
     let graceful = GracefulShutdown::new();
     // Upgraded connections leave hyper (and `graceful`): WebSockets are
     // tracked here, for the grace period.
     let sockets = Arc::new(Sockets::default());
-    let service = |loopback: bool| {
+    // One service per connection: its requests share the connection's place.
+    let service = |loopback: bool, place: Place| {
         let shared = shared.clone();
-        let sockets = sockets.clone();
-        service_fn(move |req| proxy::handle(shared.clone(), sockets.clone(), loopback, req))
+        let conn = Conn::new(sockets.clone(), loopback, place);
+        service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req))
     };
-    let svc = service(is_loopback(&listener));
-    let tls_svc = service(tls.as_ref().is_some_and(is_loopback));
+    let loopback = is_loopback(&listener);
+    let tls_loopback = tls.as_ref().is_some_and(is_loopback);
 
-    let accept_one = |stream: TcpStream| {
+    let accept_one = |stream: TcpStream, place: Place| {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
+        let io = FirstBytes::new(stream, header_read_timeout);
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc.clone())
+            .serve_connection_with_upgrades(TokioIo::new(io), service(loopback, place))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -105,7 +186,7 @@ pub(crate) async fn serve_proxy(
     // A TLS connection: the handshake runs in its own task, with the server
     // config of the snapshot serving now; the connection is watched by the
     // drain from accept on.
-    let accept_tls_one = |stream: TcpStream| {
+    let accept_tls_one = |stream: TcpStream, place: Place| {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
@@ -114,7 +195,7 @@ pub(crate) async fn serve_proxy(
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let builder = builder.clone();
-        let svc = tls_svc.clone();
+        let svc = service(tls_loopback, place);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let stream =
@@ -129,8 +210,9 @@ pub(crate) async fn serve_proxy(
                         return;
                     }
                 };
+            let io = FirstBytes::new(stream, header_read_timeout);
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -138,23 +220,24 @@ pub(crate) async fn serve_proxy(
         });
     };
 
+    let serve = |(place, accepted): (Place, Accepted)| match accepted {
+        Accepted::Plain(stream) => accept_one(stream, place),
+        Accepted::Tls(stream) => accept_tls_one(stream, place),
+    };
+    let mut listeners = Listeners {
+        plain: listener,
+        tls,
+        places: Arc::new(Semaphore::new(
+            limits.max_connections.min(Semaphore::MAX_PERMITS),
+        )),
+        metrics: shared.reg.metrics.clone(),
+        warned: false,
+    };
+
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => accept_one(stream),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            },
-            accepted = accept_tls(tls.as_ref()) => match accepted {
-                Ok(stream) => accept_tls_one(stream),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the TLS listener");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            },
+            next = listeners.next() => serve(next),
             () = &mut shutdown => break,
         }
     }
@@ -173,21 +256,12 @@ pub(crate) async fn serve_proxy(
         tokio::pin!(delay);
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => accept_one(stream),
-                    // Out of file descriptors: pause rather than spin.
-                    Err(_) => tokio::time::sleep(ACCEPT_ERROR_PAUSE).await,
-                },
-                accepted = accept_tls(tls.as_ref()) => match accepted {
-                    Ok(stream) => accept_tls_one(stream),
-                    Err(_) => tokio::time::sleep(ACCEPT_ERROR_PAUSE).await,
-                },
+                next = listeners.next() => serve(next),
                 () = &mut delay => break,
             }
         }
     }
-    drop(listener);
-    drop(tls);
+    drop(listeners);
 
     let open = graceful.count();
     let websockets = sockets.open();

@@ -13,8 +13,16 @@
 //! Only the newest attempt may read further from the client: an abandoned
 //! attempt that hyper polls again gets an error instead of taking frames
 //! the retry needs.
+//!
+//! All kept bodies share one [`Budget`] (`limits.max_replay_total`), so a
+//! few concurrent large uploads cannot take the pod's memory: a body whose
+//! length is declared reserves it whole when the request starts, a chunked
+//! one as its frames arrive. A body the budget cannot hold is not kept (it
+//! streams through, with no fallback), and the budget counts it. What a
+//! body reserved goes back when its last attempt is dropped.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -24,6 +32,81 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::BoxError;
+
+/// The bytes all kept bodies hold at once, against `limits.max_replay_total`
+/// (lock-free: one atomic, touched only by requests that may be retried).
+#[derive(Debug)]
+pub(crate) struct Budget {
+    held: AtomicU64,
+    /// Bodies not kept because the budget was spent (a metrics counter).
+    refused: Arc<AtomicU64>,
+}
+
+impl Budget {
+    /// An empty budget that adds each refusal to `refused`.
+    pub(crate) fn new(refused: Arc<AtomicU64>) -> Self {
+        Self {
+            held: AtomicU64::new(0),
+            refused,
+        }
+    }
+
+    /// Takes `n` bytes if `held + n` stays within `total`.
+    fn reserve(&self, n: u64, total: u64) -> bool {
+        self.held
+            .fetch_update(Relaxed, Relaxed, |held| {
+                held.checked_add(n).filter(|&after| after <= total)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        self.held.fetch_sub(n, Relaxed);
+    }
+
+    /// Bytes held now.
+    #[cfg(test)]
+    fn held(&self) -> u64 {
+        self.held.load(Relaxed)
+    }
+}
+
+/// What a body's kept frames take from the [`Budget`].
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<Budget>,
+    /// `limits.max_replay_total` when the request started.
+    total: u64,
+    /// Bytes reserved now.
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Grows the reservation to `len` bytes; `false` when the budget is spent.
+    fn grow_to(&mut self, len: u64) -> bool {
+        if len <= self.bytes {
+            return true;
+        }
+        let more = len - self.bytes;
+        if self.budget.reserve(more, self.total) {
+            self.bytes = len;
+            true
+        } else {
+            self.budget.refused.fetch_add(1, Relaxed);
+            false
+        }
+    }
+
+    fn release_all(&mut self) {
+        self.budget.release(std::mem::take(&mut self.bytes));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}
 
 /// The fallback loop's handle: makes a new attempt's body.
 #[derive(Debug, Clone)]
@@ -39,9 +122,11 @@ struct State {
     trailers: Option<HeaderMap>,
     client: Incoming,
     client_done: bool,
-    /// Longer than the limit: nothing is kept, no retry is possible.
+    /// Longer than the limit, or more than the budget holds: nothing is
+    /// kept, no retry is possible.
     capped: bool,
     limit: u64,
+    reservation: Reservation,
     /// The attempt allowed to read from the client.
     generation: u64,
     /// The client's size hint when the request arrived: every attempt
@@ -65,17 +150,34 @@ pub(crate) struct ReplayBody {
 struct Superseded;
 
 impl Replay {
-    /// Wraps the client's body; returns the handle and the first attempt's body.
-    pub(crate) fn new(client: Incoming, limit: u64) -> (Self, ReplayBody) {
+    /// Wraps the client's body, to be kept up to `limit` bytes within
+    /// `budget` (of `total` bytes); returns the handle and the first
+    /// attempt's body. A declared length is reserved whole now: a body the
+    /// budget cannot hold streams without being kept, from its first byte.
+    pub(crate) fn new(
+        client: Incoming,
+        limit: u64,
+        budget: Arc<Budget>,
+        total: u64,
+    ) -> (Self, ReplayBody) {
         let size = client.size_hint();
+        let mut reservation = Reservation {
+            budget,
+            total,
+            bytes: 0,
+        };
+        let capped = size
+            .exact()
+            .is_some_and(|n| n > limit || !reservation.grow_to(n));
         let state = Arc::new(Mutex::new(State {
             kept: Vec::new(),
             kept_len: 0,
             trailers: None,
             client,
             client_done: false,
-            capped: false,
+            capped,
             limit,
+            reservation,
             generation: 0,
             size,
         }));
@@ -155,10 +257,12 @@ impl Body for ReplayBody {
                 Ok(data) => {
                     if !st.capped {
                         st.kept_len += data.len() as u64;
-                        if st.kept_len > st.limit {
+                        let len = st.kept_len;
+                        if len > st.limit || !st.reservation.grow_to(len) {
                             // No retry for this request: free what was kept.
                             st.capped = true;
                             st.kept = Vec::new();
+                            st.reservation.release_all();
                         } else {
                             st.kept.push(data.clone());
                             this.pos = st.kept.len();
@@ -185,5 +289,38 @@ impl Body for ReplayBody {
 
     fn size_hint(&self) -> SizeHint {
         lock(&self.state).size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reservation(budget: &Arc<Budget>, total: u64) -> Reservation {
+        Reservation {
+            budget: budget.clone(),
+            total,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_given_back_on_drop() {
+        let refused = Arc::new(AtomicU64::new(0));
+        let budget = Arc::new(Budget::new(refused.clone()));
+        let mut a = reservation(&budget, 1000);
+        let mut b = reservation(&budget, 1000);
+        assert!(a.grow_to(600));
+        assert!(a.grow_to(400), "already held");
+        assert!(!b.grow_to(600), "600 + 600 is past the budget");
+        assert_eq!(refused.load(Relaxed), 1);
+        assert!(b.grow_to(400));
+        assert_eq!(budget.held(), 1000);
+        drop(a);
+        assert_eq!(budget.held(), 400);
+        b.release_all();
+        assert_eq!(budget.held(), 0);
+        drop(b);
+        assert_eq!(budget.held(), 0, "released once");
     }
 }

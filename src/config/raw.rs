@@ -56,6 +56,10 @@ pub(crate) struct LimitsToml {
     pub(crate) header_read_timeout: Option<Spanned<String>>,
     pub(crate) upstream_streams_per_connection: Option<Spanned<Count>>,
     pub(crate) websocket_idle: Option<Spanned<String>>,
+    pub(crate) max_connections: Option<Spanned<Count>>,
+    pub(crate) max_header_bytes: Option<Spanned<String>>,
+    pub(crate) body_read_timeout: Option<Spanned<String>>,
+    pub(crate) max_replay_total: Option<Spanned<String>>,
 }
 
 /// A whole number written `50` or `50.0`: Helm's `toToml` renders every

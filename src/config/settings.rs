@@ -12,6 +12,7 @@ use super::cx::Cx;
 use super::error::ConfigError;
 use super::raw::{KeysToml, LimitsToml, ReloadToml, ShutdownToml};
 use super::units;
+use toml::Spanned;
 
 /// Timeouts and sizes (`[limits]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +30,22 @@ pub(crate) struct Limits {
     /// A WebSocket with no byte either way for this long is closed. Long:
     /// a realtime voice session can be quiet for many minutes.
     pub(crate) websocket_idle: Duration,
+    /// Client connections (and the WebSockets they became) served at once;
+    /// beyond it new connections wait in the kernel's accept queue.
+    pub(crate) max_connections: usize,
+    /// Largest request head (HTTP/1 read buffer, HTTP/2 header list):
+    /// beyond it the answer is 431.
+    pub(crate) max_header_bytes: u64,
+    /// Longest time to receive a body sidekey reads itself (the model
+    /// allowlist, SigV4 signing): past it the answer is 408.
+    pub(crate) body_read_timeout: Duration,
+    /// Bytes all replay buffers may hold at once; a request past it streams
+    /// without being kept for a fallback.
+    pub(crate) max_replay_total: u64,
 }
+
+/// hyper refuses an HTTP/1 read buffer smaller than this (it panics).
+pub(crate) const MIN_HEADER_BYTES: u64 = 8192;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -40,6 +56,10 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             upstream_streams_per_connection: 100,
             websocket_idle: Duration::from_secs(3600),
+            max_connections: 1024,
+            max_header_bytes: 64 << 10,
+            body_read_timeout: Duration::from_secs(30),
+            max_replay_total: 64 << 20,
         }
     }
 }
@@ -152,9 +172,48 @@ impl Cx<'_> {
                 "limits.websocket_idle",
                 d.websocket_idle,
             )?,
+            max_connections: match &l.max_connections {
+                None => d.max_connections,
+                Some(v) if v.get_ref().0 == 0 => {
+                    return Err(self.at(v, "limits.max_connections", "must be at least 1"));
+                }
+                Some(v) => usize::try_from(v.get_ref().0).unwrap_or(usize::MAX),
+            },
+            max_header_bytes: self.size(
+                l.max_header_bytes.as_ref(),
+                "limits.max_header_bytes",
+                d.max_header_bytes,
+            )?,
+            body_read_timeout: self.duration(
+                l.body_read_timeout.as_ref(),
+                "limits.body_read_timeout",
+                d.body_read_timeout,
+            )?,
+            max_replay_total: self.size(
+                l.max_replay_total.as_ref(),
+                "limits.max_replay_total",
+                d.max_replay_total,
+            )?,
         };
+        if let Some(v) = &l.max_header_bytes
+            && !(MIN_HEADER_BYTES..=u64::from(u32::MAX)).contains(&limits.max_header_bytes)
+        {
+            return Err(self.at(v, "limits.max_header_bytes", "must be from 8KiB to 4GiB"));
+        }
         self.nonzero_timeouts(l, &limits)?;
         Ok(limits)
+    }
+
+    /// A byte size, or `default` when not set.
+    fn size(
+        &self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        v.map_or(Ok(default), |v| {
+            units::parse_size(v.get_ref()).map_err(|m| self.at(v, key, m))
+        })
     }
 
     /// A zero timeout would fail every request: refused where it was set.
@@ -179,6 +238,11 @@ impl Cx<'_> {
                 &l.websocket_idle,
                 "limits.websocket_idle",
                 limits.websocket_idle,
+            ),
+            (
+                &l.body_read_timeout,
+                "limits.body_read_timeout",
+                limits.body_read_timeout,
             ),
         ] {
             if let (Some(v), true) = (v, value.is_zero()) {

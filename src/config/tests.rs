@@ -389,3 +389,44 @@ fn the_tls_listener_is_checked_like_listen() {
         "{e}"
     );
 }
+
+#[test]
+fn connection_header_body_and_replay_limits_have_defaults_and_are_checked() {
+    let l = parse("").unwrap().limits;
+    assert_eq!(l.max_connections, 1024);
+    assert_eq!(l.max_header_bytes, 64 << 10);
+    assert_eq!(l.body_read_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(l.max_replay_total, 64 << 20);
+
+    let l = parse(
+        "[limits]\nmax_connections = 8.0\nmax_header_bytes = \"16KiB\"\n\
+         body_read_timeout = \"300ms\"\nmax_replay_total = \"1MiB\"\n",
+    )
+    .unwrap()
+    .limits;
+    assert_eq!(l.max_connections, 8);
+    assert_eq!(l.max_header_bytes, 16 << 10);
+    assert_eq!(l.body_read_timeout, std::time::Duration::from_millis(300));
+    assert_eq!(l.max_replay_total, 1 << 20);
+
+    assert!(
+        err("[limits]\nmax_connections = 0\n")
+            .contains("limits.max_connections: must be at least 1")
+    );
+    // hyper panics on a smaller HTTP/1 buffer.
+    assert!(
+        err("[limits]\nmax_header_bytes = \"4KiB\"\n")
+            .contains("limits.max_header_bytes: must be from 8KiB")
+    );
+    assert!(err("[limits]\nmax_header_bytes = \"8GiB\"\n").contains("limits.max_header_bytes"));
+    assert!(err("[limits]\nbody_read_timeout = \"0s\"\n").contains("limits.body_read_timeout"));
+    assert!(err("[limits]\nmax_replay_total = \"lots\"\n").contains("limits.max_replay_total"));
+    // Zero is allowed: no request is kept for a fallback.
+    assert_eq!(
+        parse("[limits]\nmax_replay_total = \"0\"\n")
+            .unwrap()
+            .limits
+            .max_replay_total,
+        0
+    );
+}

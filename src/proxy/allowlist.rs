@@ -2,13 +2,15 @@
 //!
 //! design.md, "Request path" step 3. The model is read from where the
 //! provider puts it: the JSON body's `model` (which means the body is read
-//! into memory, up to `limits.max_replay_body`), the `models/{model}:method`
+//! into memory, up to `limits.max_replay_body` and within
+//! `limits.body_read_timeout`), the `models/{model}:method`
 //! path segment (Gemini), or the Azure deployment. A request whose model
 //! cannot be determined passes only if it has no body (listing models,
 //! fetching a file); otherwise it gets a 400, because an allowlist that can be
 //! bypassed by leaving the model out is not one.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -20,20 +22,30 @@ use crate::providers::ModelIn;
 use crate::routes::Route;
 use crate::upstream::UpstreamBody;
 
+/// How much of a request body sidekey reads itself, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadLimits {
+    /// `limits.max_replay_body`.
+    pub(crate) max: u64,
+    /// `limits.body_read_timeout`: the whole body must arrive within it.
+    pub(crate) timeout: Duration,
+}
+
 /// Lets the request through or refuses it. Returns the body to send on:
 /// untouched when nothing had to be read, else the bytes that were read.
 ///
 /// # Errors
 ///
 /// 403 for a model not on the list, 413 when the body is too large to check,
-/// 400 when the model cannot be found in a request that has a body.
+/// 408 when it does not arrive in time, 400 when the model cannot be found
+/// in a request that has a body.
 pub(crate) async fn check(
     route: &Route,
     rest: &str,
     deployment: Option<&str>,
     headers: &HeaderMap,
     body: Incoming,
-    limit: u64,
+    limit: ReadLimits,
 ) -> Result<UpstreamBody, ProxyError> {
     if route.models.is_none() {
         return Ok(UpstreamBody::stream(body));
@@ -82,18 +94,22 @@ fn is_empty(body: &UpstreamBody) -> bool {
     body.is_end_stream()
 }
 
-/// Reads a request body into memory, refusing more than `limit` bytes (and
-/// refusing early when `Content-Length` already says so).
+/// Reads a request body into memory, refusing more than `limits.max` bytes
+/// (and refusing early when `Content-Length` already says so) or a body
+/// that takes longer than `limits.timeout` to arrive (a client that stops
+/// sending mid-way).
 ///
 /// # Errors
 ///
-/// [`ProxyError::BodyTooLarge`] or [`ProxyError::RequestBody`].
+/// [`ProxyError::BodyTooLarge`], [`ProxyError::BodyTimeout`] or
+/// [`ProxyError::RequestBody`].
 pub(crate) async fn read_body(
     route: &Route,
     headers: &HeaderMap,
     body: Incoming,
-    limit: u64,
+    limits: ReadLimits,
 ) -> Result<Bytes, ProxyError> {
+    let limit = limits.max;
     let too_large = || ProxyError::BodyTooLarge {
         route: route.name.to_string(),
         limit,
@@ -106,7 +122,14 @@ pub(crate) async fn read_body(
         return Err(too_large());
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(limits.timeout, Limited::new(body, limit).collect());
+    let Ok(read) = read.await else {
+        return Err(ProxyError::BodyTimeout {
+            route: route.name.to_string(),
+            after: limits.timeout,
+        });
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ProxyError::RequestBody {
@@ -126,7 +149,7 @@ pub(crate) async fn in_memory(
     route: &Route,
     headers: &HeaderMap,
     body: UpstreamBody,
-    limit: u64,
+    limit: ReadLimits,
 ) -> Result<UpstreamBody, ProxyError> {
     match body {
         UpstreamBody::Stream { body } => Ok(UpstreamBody::buffered(

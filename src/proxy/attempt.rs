@@ -12,11 +12,13 @@
 //!
 //! A request is retried only if its body can be sent again ([`Again`]):
 //! bytes already in memory, or a body kept by [`Replay`] within
-//! `limits.max_replay_body`. A larger body streams through with its first
+//! `limits.max_replay_body` while all kept bodies fit in
+//! `limits.max_replay_total`. Another body streams through with its first
 //! key only, and the route logs that once. The header map is copied only
 //! for an attempt that may be followed by another.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +29,7 @@ use hyper::body::Incoming;
 
 use super::body::{joined, peek};
 use crate::body::UpstreamBody;
-use crate::body::replay::{Replay, ReplayBody};
+use crate::body::replay::{Budget, Replay, ReplayBody};
 use crate::credentials::{Candidate, Chosen, Fingerprint, KeySet, NoCredential, Policy};
 use crate::error::ProxyError;
 use crate::providers::aws::SigV4;
@@ -48,6 +50,8 @@ const TOKEN_WAIT: Duration = Duration::from_secs(30);
 pub(crate) struct Limits {
     pub(crate) request_timeout: Duration,
     pub(crate) max_replay_body: u64,
+    /// `limits.max_replay_total`: what all kept bodies may hold at once.
+    pub(crate) max_replay_total: u64,
     /// How long a rejected key rests.
     pub(crate) rest: Duration,
     /// How long a rate-limited pool key rests without `Retry-After`.
@@ -92,6 +96,8 @@ pub(crate) struct Exchange<'a> {
     pub(crate) limits: Limits,
     /// Signs each attempt (AWS routes that sign; not a Bedrock API key).
     signer: Option<&'a SigV4>,
+    /// The budget a kept body takes its bytes from.
+    replay_budget: &'a Arc<Budget>,
     method: Method,
     /// Taken by the last attempt, like the headers.
     uri: Uri,
@@ -183,6 +189,7 @@ impl<'a> Exchange<'a> {
         host: &'a str,
         limits: Limits,
         signer: Option<&'a SigV4>,
+        replay_budget: &'a Arc<Budget>,
         req: Prepared,
     ) -> Self {
         Self {
@@ -191,6 +198,7 @@ impl<'a> Exchange<'a> {
             host,
             limits,
             signer,
+            replay_budget,
             method: req.method,
             uri: req.uri,
             headers: req.headers,
@@ -362,7 +370,10 @@ impl<'a> Exchange<'a> {
                     self.over_limit();
                     (UpstreamBody::stream(body), Again::Never)
                 } else {
-                    let (replay, first): (Replay, ReplayBody) = Replay::new(body, limit);
+                    let (budget, total) =
+                        (self.replay_budget.clone(), self.limits.max_replay_total);
+                    let (replay, first): (Replay, ReplayBody) =
+                        Replay::new(body, limit, budget, total);
                     (UpstreamBody::replay(first), Again::Kept(replay))
                 }
             }
@@ -372,7 +383,7 @@ impl<'a> Exchange<'a> {
         body
     }
 
-    /// Logs, once per route, that a body too large to keep was not retried.
+    /// Logs, once per route, that a body that could not be kept was not retried.
     fn over_limit(&self) {
         if !self
             .route
@@ -382,7 +393,7 @@ impl<'a> Exchange<'a> {
         {
             tracing::warn!(
                 limit = self.limits.max_replay_body,
-                "a request body is larger than limits.max_replay_body: such requests go out with one key and are not retried with the fallback (logged once per route)"
+                "a request body could not be kept for a retry (larger than limits.max_replay_body, or limits.max_replay_total was in use by other requests): such requests go out with one key and are not retried with the fallback (logged once per route)"
             );
         }
     }

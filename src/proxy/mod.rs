@@ -22,6 +22,7 @@
 pub(crate) mod allowlist;
 pub(crate) mod attempt;
 pub(crate) mod body;
+pub(crate) mod conn;
 pub(crate) mod forward;
 pub(crate) mod inbound;
 pub(crate) mod origin;
@@ -39,9 +40,10 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::body::replay::Budget;
 use crate::credentials::{Chosen, Fingerprint, KeySet};
 use crate::error::ProxyError;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{Limit, RouteMetrics};
 use crate::providers::aws::SigV4;
 use crate::providers::azure;
 use crate::reload::{Shared, Snapshot};
@@ -62,13 +64,13 @@ struct RequestCtx {
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one request. Never fails: errors become envelope responses.
-/// `sockets` holds the WebSockets a handshake may open; `loopback` says
-/// whether the listener the request came in on is a loopback address (the
-/// host check, [`origin`]).
+/// `conn` is the client connection: the WebSockets a handshake may open,
+/// whether its listener is a loopback address (the host check,
+/// [`origin`]), and its place in `limits.max_connections`, which a
+/// WebSocket takes over.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    sockets: Arc<websocket::Sockets>,
-    loopback: bool,
+    conn: Arc<conn::Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
@@ -93,9 +95,17 @@ pub(crate) async fn handle(
     );
 
     let handshake = ws.then_some(client_upgrade.is_some());
-    let result = handle_inner(&snap, &mut parts, body, &mut cx, handshake, loopback)
-        .instrument(span.clone())
-        .await;
+    let result = handle_inner(
+        &snap,
+        &shared.reg.replay,
+        &mut parts,
+        body,
+        &mut cx,
+        handshake,
+        conn.loopback,
+    )
+    .instrument(span.clone())
+    .await;
     // Only a handshake needs them twice (its socket counts bytes).
     let route_metrics = if ws { cx.metrics.clone() } else { None };
 
@@ -123,8 +133,9 @@ pub(crate) async fn handle(
                         route,
                         metrics: shared.reg.metrics.clone(),
                         idle: snap.config.limits.websocket_idle,
-                        stop: sockets.watch(),
+                        stop: conn.sockets.watch(),
                         span: span.clone(),
+                        place: conn.take_place(),
                     };
                     switched(websocket::switch(answer, client, tunnel), done)
                 }
@@ -136,7 +147,12 @@ pub(crate) async fn handle(
             }
         }
         Ok(answer) => streamed(answer, snap.config.limits.request_timeout, done),
-        Err(err) => local(err, done),
+        Err(err) => {
+            if matches!(err, ProxyError::BodyTimeout { .. }) {
+                shared.reg.metrics.limited(Limit::BodyReadTimeout);
+            }
+            local(err, done)
+        }
     };
     if ws {
         route_metrics
@@ -196,6 +212,7 @@ fn local(err: ProxyError, done: impl Finish) -> Response<ResponseBody> {
 
 async fn handle_inner(
     snap: &Snapshot,
+    replay_budget: &Arc<Budget>,
     parts: &mut request::Parts,
     body: Incoming,
     cx: &mut RequestCtx,
@@ -226,6 +243,7 @@ async fn handle_inner(
     let limits = attempt::Limits {
         request_timeout: snap.config.limits.request_timeout,
         max_replay_body: snap.config.limits.max_replay_body,
+        max_replay_total: snap.config.limits.max_replay_total,
         rest: snap.config.keys.rest,
         rate_limit_rest: snap.config.keys.rate_limit_rest,
     };
@@ -237,7 +255,10 @@ async fn handle_inner(
     strip::request(&mut parts.headers);
 
     // 3. Enforce the model allowlist.
-    let limit = limits.max_replay_body;
+    let limit = allowlist::ReadLimits {
+        max: limits.max_replay_body,
+        timeout: snap.config.limits.body_read_timeout,
+    };
     let mut body = if handshake.is_some() {
         websocket::prepare(&mut parts.headers);
         websocket::check_model(route, rest, plan.deployment, query.as_deref())?;
@@ -262,8 +283,15 @@ async fn handle_inner(
     };
     // Held here and lent to `send`: its future stays small (an argument
     // moved into an async fn is kept twice in its state).
-    let mut exchange =
-        attempt::Exchange::new(route, plan.keys, &plan.host, limits, plan.signer, prepared);
+    let mut exchange = attempt::Exchange::new(
+        route,
+        plan.keys,
+        &plan.host,
+        limits,
+        plan.signer,
+        replay_budget,
+        prepared,
+    );
     let answer = attempt::send(&mut exchange, candidates, body).await;
     if let Ok(a) = &answer {
         cx.attempts = a.attempts;

@@ -19,7 +19,8 @@
 //!   both ways for `limits.websocket_idle` is closed, and on shutdown
 //!   [`Sockets::close_all`] closes what the grace period left open. When it
 //!   closes, the tunnel writes one access-log line (route, duration, bytes
-//!   each way, which side closed).
+//!   each way, which side closed). The tunnel holds the client connection's
+//!   place in `limits.max_connections` until it closes.
 //!
 //! Any other answer to a handshake is passed to the client as it came.
 
@@ -39,6 +40,7 @@ use tracing::Instrument as _;
 
 use super::allowlist;
 use super::attempt::Answer;
+use super::conn::Place;
 use super::strip;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -141,6 +143,10 @@ pub(crate) struct Tunnel {
     pub(crate) stop: watch::Receiver<bool>,
     /// The handshake's request span: the close line is written in it.
     pub(crate) span: tracing::Span,
+    /// The client connection's place in `limits.max_connections`: an open
+    /// WebSocket counts against it until it closes.
+    #[allow(dead_code, reason = "held for its Drop, which frees the place")]
+    pub(crate) place: Option<Place>,
 }
 
 /// Answers an upstream `101`: returns the client's `101` headers (the

@@ -123,5 +123,11 @@ pub(crate) fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> 
     if old.limits.header_read_timeout != new.limits.header_read_timeout {
         out.push("limits.header_read_timeout");
     }
+    if old.limits.max_connections != new.limits.max_connections {
+        out.push("limits.max_connections");
+    }
+    if old.limits.max_header_bytes != new.limits.max_header_bytes {
+        out.push("limits.max_header_bytes");
+    }
     out
 }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::body::replay::Budget;
 use crate::credentials::pool::HealthRegistry;
 use crate::metrics::Metrics;
 use crate::tokens::TokenRegistry;
@@ -23,6 +24,8 @@ pub(crate) struct Registries {
     pub(crate) health: HealthRegistry,
     /// Vertex token caches, kept while their source stays the same.
     pub(crate) tokens: TokenRegistry,
+    /// The bytes replay buffers hold at once (`limits.max_replay_total`).
+    pub(crate) replay: Arc<Budget>,
 }
 
 impl Registries {
@@ -37,8 +40,10 @@ impl Registries {
     }
 
     fn with_tokens(tokens: TokenRegistry) -> Self {
+        let metrics = Arc::new(Metrics::default());
         Self {
-            metrics: Arc::new(Metrics::default()),
+            replay: Arc::new(Budget::new(metrics.replay_budget_counter())),
+            metrics,
             clients: Clients::default(),
             health: HealthRegistry::default(),
             tokens,

@@ -1,0 +1,73 @@
+//! One client connection as the request path sees it: the listener it came
+//! in on, and its place in `limits.max_connections`.
+//!
+//! design.md, "Operations" (limits) and "WebSocket: realtime and live
+//! APIs": the server takes a [`Place`] before it accepts a connection and
+//! hands it to the connection's [`Conn`]; the place goes back when the
+//! connection (and every request on it) is done. An HTTP/1.1 connection
+//! that switches to a WebSocket leaves hyper at the `101`, so the tunnel
+//! takes the place over ([`Conn::take_place`]): an open WebSocket keeps
+//! counting until it closes.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::websocket::Sockets;
+use crate::metrics::Metrics;
+
+/// A place in `limits.max_connections`, counted in
+/// `sidekey_connections_open` while it is held.
+#[derive(Debug)]
+pub(crate) struct Place {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Place {
+    /// Holds `permit`, and counts it as open.
+    pub(crate) fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.connection_open(true);
+        Self {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.metrics.connection_open(false);
+    }
+}
+
+/// What every request of one client connection shares.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// The WebSockets a handshake may open (the whole server's).
+    pub(crate) sockets: Arc<Sockets>,
+    /// Whether the listener is on a loopback address (the host check).
+    pub(crate) loopback: bool,
+    /// Given back when the last request of the connection is dropped,
+    /// unless a WebSocket took it. The lock is taken only then.
+    place: Mutex<Option<Place>>,
+}
+
+impl Conn {
+    /// The connection holding `place`.
+    pub(crate) fn new(sockets: Arc<Sockets>, loopback: bool, place: Place) -> Arc<Self> {
+        Arc::new(Self {
+            sockets,
+            loopback,
+            place: Mutex::new(Some(place)),
+        })
+    }
+
+    /// The connection's place, for the WebSocket it became.
+    pub(crate) fn take_place(&self) -> Option<Place> {
+        self.place
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
