@@ -73,7 +73,7 @@ fn oauth_error(body: &[u8]) -> String {
                 .unwrap_or("");
             // Text from the endpoint: escaped before it reaches a log.
             let text = format!("{e} {d}");
-            Some(super::fetch::printable(text.trim().as_bytes(), 300))
+            Some(super::fetch::printable(text.trim().as_bytes()))
         })
         .unwrap_or_default()
 }

@@ -133,7 +133,7 @@ impl Mint for Container {
                 .map_err(|e| MintError::Request(format!("cannot build the request: {e}")))?;
             let answer = fetch(client, req).await?;
             let host = answer.host.clone();
-            let body = answer.ok_or_refused(|b| printable(b, 200))?;
+            let body = answer.ok_or_refused(printable)?;
             parse_json_keys(&body, now).map_err(|reason| MintError::BadAnswer { host, reason })
         })
     }

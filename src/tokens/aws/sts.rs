@@ -147,7 +147,6 @@ fn sts_error(body: &[u8]) -> String {
         format!("{code}: {message}")
             .trim_matches([' ', ':'])
             .as_bytes(),
-        300,
     )
 }
 
@@ -214,7 +213,7 @@ mod tests {
         let body = b"<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Token expired\x1b[31m</Message></Error></ErrorResponse>";
         assert_eq!(
             sts_error(body),
-            "InvalidIdentityToken: Token expired\\x1b[31m"
+            "InvalidIdentityToken: Token expired\\u{1b}[31m"
         );
     }
 
