@@ -477,7 +477,10 @@ async fn spawn_text_logs(
         }
     });
     let Ok(Ok(listen)) = tokio::time::timeout(Duration::from_secs(20), rx).await else {
-        panic!("sidekey did not start:\n{}", lines.lock().unwrap().join("\n"));
+        panic!(
+            "sidekey did not start:\n{}",
+            lines.lock().unwrap().join("\n")
+        );
     };
     (child, lines, format!("http://{listen}"))
 }
@@ -528,7 +531,11 @@ async fn a_token_endpoints_error_text_is_escaped_and_cut_in_logs_and_the_503() {
 
     let logs = common::eventually("the mint failure logged", Duration::from_secs(10), || {
         let logs = logs.lock().unwrap().clone();
-        async move { logs.iter().any(|l| l.contains("invalid_grant")).then_some(logs) }
+        async move {
+            logs.iter()
+                .any(|l| l.contains("invalid_grant"))
+                .then_some(logs)
+        }
     })
     .await;
     for line in &logs {
