@@ -74,7 +74,9 @@ impl Container {
             Auth::Value(secret) => secret.header_value("").map_err(bad)?,
             Auth::File(path) => {
                 let token = super::super::token_file::read(path).await?;
-                HeaderValue::from_str(&token).map_err(|_| {
+                // Backed by a wiped buffer, like every prepared credential.
+                let token = crate::secret::wiped_bytes(token.as_bytes().to_vec());
+                HeaderValue::from_maybe_shared(token).map_err(|_| {
                     MintError::Request(format!(
                         "token file {}: not a valid header value",
                         path.display()
