@@ -59,7 +59,8 @@
 //!   caps, never blocking on a FIFO), [`Secret`] (redacts and wipes), `env`
 //!   (environment lookup passed in; tests use a map, not `set_var`),
 //!   `metrics` (lock-free counters and the Prometheus text).
-//! - [`check`], [`cli`], [`shutdown`], [`telemetry`]: the binary's pieces.
+//! - [`check`], [`cli`], [`shutdown`], [`telemetry`], [`hardening`] (core
+//!   dumps off at start): the binary's pieces.
 //!
 //! The request path loads one snapshot per request, takes no shared lock,
 //! formats no static credential (header values are prepared when a snapshot
@@ -76,6 +77,7 @@ mod credentials;
 pub mod env;
 mod error;
 mod files;
+pub mod hardening;
 mod headers;
 mod metrics;
 mod providers;

@@ -13,6 +13,8 @@ use sidekey::{ConfigSource, Env, Options, Overrides, ProcessEnv, Server};
     reason = "the binary reports start-up failures on stderr"
 )]
 fn main() -> ExitCode {
+    // Before any credential is read (by `check` too): no core dumps.
+    let hardening = sidekey::hardening::no_core_dumps();
     let cli = Cli::parse();
     let env: Arc<dyn Env> = Arc::new(ProcessEnv);
     let source = cli
@@ -33,6 +35,9 @@ fn main() -> ExitCode {
             return ExitCode::from(sidekey::check::EXIT_CONFIG);
         }
     };
+    for refused in &hardening {
+        tracing::debug!(refused = %refused, "core dumps could not be turned off");
+    }
     // One worker: a current-thread runtime, without the work-stealing
     // scheduler's cross-thread machinery (the common sidecar with a 1-CPU
     // limit). More: the multi-thread scheduler, one worker per CPU by default.

@@ -76,8 +76,10 @@ impl Drop for Wiped {
     }
 }
 
-/// Wraps `bytes` so that they are wiped when the last reference drops.
-fn wiped(bytes: Vec<u8>) -> Bytes {
+/// Wraps `bytes` so that they are wiped when the last reference drops: for
+/// secret material that travels as [`Bytes`] (prepared header values, the
+/// body of a token request).
+pub(crate) fn wiped_bytes(bytes: Vec<u8>) -> Bytes {
     Bytes::from_owner(Wiped(bytes))
 }
 
@@ -128,7 +130,7 @@ impl Secret {
         };
         Ok(Self {
             digest: sha256(&kept),
-            bytes: wiped(kept),
+            bytes: wiped_bytes(kept),
         })
     }
 
@@ -163,7 +165,7 @@ impl Secret {
             let mut v = Vec::with_capacity(prefix.len() + self.bytes.len());
             v.extend_from_slice(prefix.as_bytes());
             v.extend_from_slice(&self.bytes);
-            wiped(v)
+            wiped_bytes(v)
         };
         let mut value =
             HeaderValue::from_maybe_shared(bytes).map_err(|_| InvalidSecret::NotHeaderSafe)?;

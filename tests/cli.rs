@@ -178,3 +178,120 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     assert!(stderr.contains("sidekey stopped"), "{stderr}");
 }
+
+/// A key pasted where a setting belongs: what a person does by mistake.
+const PASTED: &str = "sk-proj-PASTEDKEY0123456789abcdefghijklmnopqrstuv";
+
+/// Issue 21, finding 9: a config error names the file, line and key of a
+/// setting that holds a pasted key, and says how long the value is, never
+/// what it is: in `sidekey check` and in the log of a rejected reload.
+#[tokio::test]
+async fn config_errors_show_where_a_pasted_key_is_but_not_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sidekey.toml");
+    let route = "[routes.x]\ntype = \"openai\"\nkey = \"env::K\"\n";
+    let cases = [
+        (
+            format!("listen = \"{PASTED}\"\n{route}"),
+            "sidekey.toml:1:10: listen: ",
+        ),
+        (
+            format!("admin_listen = \"{PASTED}\"\n{route}"),
+            "sidekey.toml:1:16: admin_listen: ",
+        ),
+        (
+            format!("[limits]\nconnect_timeout = \"{PASTED}\"\n{route}"),
+            "sidekey.toml:2:19: limits.connect_timeout: ",
+        ),
+        (
+            format!("[limits]\nrequest_timeout = \"5{PASTED}\"\n{route}"),
+            "sidekey.toml:2:19: limits.request_timeout: ",
+        ),
+        (
+            format!("[limits]\nmax_replay_body = \"1{PASTED}\"\n{route}"),
+            "sidekey.toml:2:19: limits.max_replay_body: ",
+        ),
+        (
+            format!("[routes.x]\ntype = \"{PASTED}\"\n"),
+            "sidekey.toml:2:8: routes.x.type: unknown provider type: ",
+        ),
+        (
+            format!("[routes.x]\ntype = \"openai\"\nupstream = \"{PASTED}\"\n"),
+            "sidekey.toml:3:12: routes.x.upstream: ",
+        ),
+        (
+            format!("allowed_origins = [\"http://ok.example\", \"{PASTED}\"]\n{route}"),
+            "sidekey.toml:1:19: allowed_origins: entry 2, ",
+        ),
+        (
+            format!("allowed_hosts = [\"{PASTED}/x\"]\n{route}"),
+            "sidekey.toml:1:17: allowed_hosts: entry 1, ",
+        ),
+        (
+            format!("[routes.x]\ntype = \"openai\"\nkey = \"env::K\"\nmodels = \"{PASTED}\"\n"),
+            "sidekey.toml:4:10: ",
+        ),
+    ];
+    for (toml, expected) in &cases {
+        std::fs::write(&config, toml).unwrap();
+        let (code, out, err) = run(&["check", "--config", config.to_str().unwrap()], &[]).await;
+        assert_eq!(code, 64, "{toml}\n{out}\n{err}");
+        assert!(
+            err.contains(expected),
+            "expected {expected:?} for\n{toml}in:\n{err}"
+        );
+        assert!(
+            !out.contains("PASTEDKEY") && !err.contains("PASTEDKEY"),
+            "the pasted key was printed for\n{toml}:\n{out}\n{err}"
+        );
+    }
+    // The length is what it may say.
+    std::fs::write(&config, &cases[0].0).unwrap();
+    let (_, _, err) = run(&["check", "--config", config.to_str().unwrap()], &[]).await;
+    assert!(
+        err.contains("listen: a 49-character value (not shown) is not an address"),
+        "{err}"
+    );
+
+    // The running proxy rejects the same mistake on reload, and its log
+    // names the key and line without the value.
+    let mock = Mock::start(Transport::Plain, |_| Reply::ok()).await;
+    let good = format!(
+        "[routes.x]\ntype = \"openai\"\nupstream = \"{}\"\nkey = \"env::K\"\n",
+        mock.url
+    );
+    std::fs::write(&config, &good).unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    let proc = spawn(&args, &[("K", "sk-running")]).await;
+    std::fs::write(
+        &config,
+        format!("[limits]\nconnect_timeout = \"{PASTED}\"\n{good}"),
+    )
+    .unwrap();
+    proc.signal("-HUP").await;
+    common::eventually(
+        "the reload to be rejected",
+        std::time::Duration::from_secs(10),
+        || async {
+            proc.stderr()
+                .contains("limits.connect_timeout")
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, logs) = proc.terminate().await;
+    assert_eq!(status.code(), Some(0));
+    assert!(logs.contains("reload rejected a change"), "{logs}");
+    assert!(logs.contains("sidekey.toml:2:19"), "{logs}");
+    assert!(
+        !logs.contains("PASTEDKEY"),
+        "the pasted key was logged:\n{logs}"
+    );
+}

@@ -156,3 +156,74 @@ async fn no_secret_in_trace_logs_error_bodies_or_check_output() {
     assert!(text.contains(&fingerprint), "{text}");
     assert_clean("sidekey check output", &text);
 }
+
+/// Issue 21, finding 7: the running binary cannot leave its keys in a core
+/// dump. `RLIMIT_CORE` is 0, soft and hard, as `/proc/<pid>/limits` shows;
+/// and the process is not dumpable, which the kernel shows by giving its
+/// `/proc/<pid>` files to root. To see that, sidekey must not run as root:
+/// a root test runs it as `nobody` (it needs no file: the built-in config).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_binary_turns_core_dumps_off_and_is_not_dumpable() {
+    use std::os::unix::fs::MetadataExt as _;
+    use tokio::io::AsyncBufReadExt as _;
+
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let mut cmd = command(
+        &[
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    if me == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let serving = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("sidekey is serving") {
+                return;
+            }
+        }
+        panic!("sidekey exited before serving");
+    })
+    .await;
+    assert!(serving.is_ok(), "sidekey did not start");
+
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core: Vec<&str> = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max core file size"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(core.get(..2), Some(&["0", "0"][..]), "{limits}");
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().next())
+        .unwrap();
+    assert_ne!(uid, "0", "sidekey runs as root: dumpability is not visible");
+    let owner = std::fs::metadata(format!("/proc/{pid}/status"))
+        .unwrap()
+        .uid();
+    assert_eq!(
+        owner, 0,
+        "/proc/{pid} belongs to uid {uid}: the process is dumpable"
+    );
+    child.kill().await.unwrap();
+}

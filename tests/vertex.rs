@@ -436,3 +436,124 @@ async fn check_loads_the_key_offline_and_never_calls_the_token_endpoint() {
     assert_eq!(out.status.code(), Some(69), "{err}");
     assert!(err.contains("private_key is not a PEM RSA key"), "{err}");
 }
+
+/// sidekey as a process logging text (what `kubectl logs` shows a person),
+/// with the config `toml` in `dir`; returns it, its stderr lines and the
+/// proxy's address, read from the "serving" line.
+async fn spawn_text_logs(
+    dir: &std::path::Path,
+    toml: &str,
+) -> (
+    tokio::process::Child,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    String,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let config = dir.join("sidekey.toml");
+    std::fs::write(&config, common::sidekey::with_ephemeral_ports(toml)).unwrap();
+    let mut child = common::process::command(
+        &["--log-format", "text", "--config", config.to_str().unwrap()],
+        &[],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut reader = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = reader.next_line().await {
+            if line.contains("sidekey is serving")
+                && let Some(listen) = line.split(' ').find_map(|w| w.strip_prefix("listen="))
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(listen.to_owned());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let Ok(Ok(listen)) = tokio::time::timeout(Duration::from_secs(20), rx).await else {
+        panic!(
+            "sidekey did not start:\n{}",
+            lines.lock().unwrap().join("\n")
+        );
+    };
+    (child, lines, format!("http://{listen}"))
+}
+
+/// Issue 21, finding 8: a token endpoint's `error_description` is text an
+/// attacker on that path controls. A newline in it must not write a forged
+/// line into text logs or the 503 body, and 10 KiB of it (control
+/// characters, which escaping lengthens) must reach neither beyond 256
+/// characters.
+#[tokio::test]
+async fn a_token_endpoints_error_text_is_escaped_and_cut_in_logs_and_the_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let forged = format!(
+        "bad\n{{\"level\":\"ERROR\",\"message\":\"forged\"}}\r\nFORGED-TEXT-LINE{}",
+        "\u{7}".repeat(10 << 10)
+    );
+    let body = serde_json::json!({"error": "invalid_grant", "error_description": forged});
+    let token_mock = common::mock::Mock::start(Transport::Plain, move |r| {
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("assertion="),
+            "a JWT bearer grant"
+        );
+        common::mock::Reply::json(400, body.to_string())
+    })
+    .await;
+    let vertex = vertex_endpoint(Transport::Plain, Tokens::new(3600)).await;
+    let account = Account::generate("forged@proj.iam.gserviceaccount.com", "proj");
+    let sa = dir.path().join("sa.json");
+    std::fs::write(&sa, account.json(&format!("{}/token", token_mock.url))).unwrap();
+    let config = format!(
+        "[limits]\nrequest_timeout = \"2s\"\n[routes.vertex]\ntype = \"vertex\"\nupstream = \"{}\"\ncredentials = \"path::{}\"\n",
+        vertex.url,
+        sa.display()
+    );
+    let (_child, logs, base) = spawn_text_logs(dir.path(), &config).await;
+
+    let resp = generate_at(&base, GENERATE).await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("invalid_grant bad"), "{message}");
+    assert!(
+        !message.contains('\n') && !message.contains('\r'),
+        "{message}"
+    );
+    assert!(message.contains(r#"bad\n{\"level\""#), "{message}");
+    assert!(message.len() < 640, "{} bytes: {message}", message.len());
+    assert!(!token_mock.requests().is_empty());
+    assert!(vertex.requests().is_empty());
+
+    let logs = common::eventually("the mint failure logged", Duration::from_secs(10), || {
+        let logs = logs.lock().unwrap().clone();
+        async move {
+            logs.iter()
+                .any(|l| l.contains("invalid_grant"))
+                .then_some(logs)
+        }
+    })
+    .await;
+    for line in &logs {
+        assert!(
+            !line.starts_with("{\"level\"") && !line.starts_with("FORGED-TEXT-LINE"),
+            "a forged log line:\n{}",
+            logs.join("\n")
+        );
+        assert!(line.len() < 1024, "a {}-byte log line: {line}", line.len());
+    }
+}
+
+async fn generate_at(base: &str, path: &str) -> Resp {
+    client::post_json(
+        &format!("{base}{path}"),
+        &[("authorization", "Bearer app-dummy")],
+        r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+    )
+    .await
+}

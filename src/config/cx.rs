@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::ConfigError;
+use super::error::{ConfigError, described};
 use super::raw::KeyToml;
 use super::units;
 use crate::credentials::{KeySpec, Location, Policy};
@@ -89,8 +89,8 @@ impl Cx<'_> {
                     v,
                     key,
                     format!(
-                        "`{}` is not an address; expected IP:PORT such as \"127.0.0.1:8787\"",
-                        v.get_ref()
+                        "{} is not an address; expected IP:PORT such as \"127.0.0.1:8787\"",
+                        described(v.get_ref())
                     ),
                 )
             }),

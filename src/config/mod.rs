@@ -407,13 +407,13 @@ impl Cx<'_> {
     ) -> Result<Vec<String>, ConfigError> {
         let Some(v) = raw else { return Ok(Vec::new()) };
         let mut out = Vec::with_capacity(v.get_ref().len());
-        for origin in v.get_ref() {
+        for (i, origin) in v.get_ref().iter().enumerate() {
             let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
             if o != "null" && !is_origin(&o) {
                 return Err(self.at(
                     v,
                     "allowed_origins",
-                    format!("`{origin}` is not an origin: write scheme://host[:port], such as http://localhost:3000"),
+                    format!("entry {}, {}, is not an origin: write scheme://host[:port], such as http://localhost:3000", i + 1, error::described(origin)),
                 ));
             }
             out.push(o);
@@ -428,7 +428,7 @@ impl Cx<'_> {
     ) -> Result<Vec<String>, ConfigError> {
         let Some(v) = raw else { return Ok(Vec::new()) };
         let mut out = Vec::with_capacity(v.get_ref().len());
-        for host in v.get_ref() {
+        for (i, host) in v.get_ref().iter().enumerate() {
             let h = host.trim().to_ascii_lowercase();
             let ok = !h.is_empty()
                 && h.bytes()
@@ -438,7 +438,11 @@ impl Cx<'_> {
                 return Err(self.at(
                     v,
                     "allowed_hosts",
-                    format!("`{host}` is not a host name: write it without scheme, port or path"),
+                    format!(
+                        "entry {}, {}, is not a host name: write it without scheme, port or path",
+                        i + 1,
+                        error::described(host)
+                    ),
                 ));
             }
             out.push(h);

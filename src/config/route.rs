@@ -17,7 +17,7 @@ use http::HeaderName;
 use toml::Spanned;
 
 use super::cx::Cx;
-use super::error::ConfigError;
+use super::error::{ConfigError, described, redact_value};
 use super::raw::{KeyToml, ProviderTypeToml, RouteToml};
 use crate::credentials::{EntraIdentity, KeySpec, Location};
 use crate::headers;
@@ -185,7 +185,8 @@ impl Cx<'_> {
                 span,
                 key,
                 format!(
-                    "unknown provider type `{name}`; expected one of {}",
+                    "unknown provider type: {}; expected one of {}",
+                    described(name),
                     crate::providers::type_names()
                 ),
             )
@@ -333,7 +334,7 @@ impl RouteCx<'_> {
                 .get_ref()
                 .parse::<UpstreamBase>()
                 .map(Some)
-                .map_err(|e| self.at(u, "upstream", e));
+                .map_err(|e| self.at(u, "upstream", redact_value(&e, u.get_ref())));
         }
         match spec.upstream {
             Some(default) => default
@@ -533,11 +534,10 @@ impl RouteCx<'_> {
             let dv = d.get_ref();
             deployments.push(DeploymentConfig {
                 name: dname.clone(),
-                endpoint: dv
-                    .endpoint
-                    .get_ref()
-                    .parse()
-                    .map_err(|e| self.cx.at(&dv.endpoint, &dk("endpoint"), e))?,
+                endpoint: dv.endpoint.get_ref().parse().map_err(|e: String| {
+                    let e = redact_value(&e, dv.endpoint.get_ref());
+                    self.cx.at(&dv.endpoint, &dk("endpoint"), e)
+                })?,
                 key: match (&dv.key, &dv.credentials) {
                     (Some(key), None) => self.cx.key_spec(key, &dk("key"), false)?,
                     (Some(key), Some(_)) => {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::error::described;
+
 /// The longest duration accepted: 30 days. Every setting means far less, and
 /// a bound keeps deadline arithmetic (`now + timeout`) from overflowing.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -18,22 +20,29 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| {
-        format!("`{s}` is not a duration; expected e.g. \"250ms\", \"5s\", \"10m\"")
+        format!(
+            "{} is not a duration; expected e.g. \"250ms\", \"5s\", \"10m\"",
+            described(s)
+        )
     })?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "" => return Err(format!("`{s}` needs a unit: ms, s, m or h")),
-        other => {
+        "" => return Err(format!("{} needs a unit: ms, s, m or h", described(s))),
+        _ => {
             return Err(format!(
-                "`{other}` is not a duration unit; use ms, s, m or h"
+                "{} has an unknown unit; use ms, s, m or h",
+                described(s)
             ));
         }
     };
     if d > MAX_DURATION {
-        return Err(format!("`{s}` is too long: at most 30 days (\"720h\")"));
+        return Err(format!(
+            "{} is too long: at most 30 days (\"720h\")",
+            described(s)
+        ));
     }
     Ok(d)
 }
@@ -48,9 +57,12 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size; expected e.g. \"32MiB\" or \"1048576\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!(
+            "{} is not a size; expected e.g. \"32MiB\" or \"1048576\"",
+            described(s)
+        )
+    })?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1000,
@@ -59,14 +71,15 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        other => {
+        _ => {
             return Err(format!(
-                "`{other}` is not a size unit; use B, KiB, MiB, GiB, KB, MB or GB"
+                "{} has an unknown unit; use B, KiB, MiB, GiB, KB, MB or GB",
+                described(s)
             ));
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+        .ok_or_else(|| format!("{} is too large", described(s)))
 }
 
 #[cfg(test)]

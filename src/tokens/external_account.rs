@@ -157,9 +157,7 @@ impl ExternalAccount {
                 let req = req
                     .body(UpstreamBody::buffered(Bytes::new()))
                     .map_err(|e| MintError::Request(format!("bad credential_source.url: {e}")))?;
-                let body = fetch(client, req)
-                    .await?
-                    .ok_or_refused(|b| printable(b, 200))?;
+                let body = fetch(client, req).await?.ok_or_refused(printable)?;
                 let text = std::str::from_utf8(&body)
                     .map_err(|_| MintError::Request("the subject token is not UTF-8".to_owned()))?;
                 Zeroizing::new(text.trim().to_owned())
@@ -255,7 +253,6 @@ fn google_error(body: &[u8]) -> String {
         format!("{} {}", part("status"), part("message"))
             .trim()
             .as_bytes(),
-        300,
     )
 }
 

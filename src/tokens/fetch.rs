@@ -66,7 +66,7 @@ pub(crate) async fn fetch(
     let (resp, _lane) = tokio::time::timeout(FETCH_TIMEOUT, client.send(req))
         .await
         .map_err(timeout)?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(printable(e.to_string().as_bytes())))?;
     let status = resp.status();
     let body = tokio::time::timeout(
         FETCH_TIMEOUT,
@@ -74,18 +74,65 @@ pub(crate) async fn fetch(
     )
     .await
     .map_err(timeout)?
-    .map_err(|e| unreachable(format!("reading the answer failed: {e}")))?
+    .map_err(|e| {
+        unreachable(format!(
+            "reading the answer failed: {}",
+            printable(e.to_string().as_bytes())
+        ))
+    })?
     .to_bytes();
     Ok(Fetched { host, status, body })
 }
 
-/// Text from an endpoint made safe for a log line or an error: printable
-/// ASCII kept, everything else escaped, at most `max` bytes of it.
-pub(crate) fn printable(text: &[u8], max: usize) -> String {
-    let cut = text.len() > max;
-    let mut out: String = text.get(..max).unwrap_or(text).escape_ascii().to_string();
-    if cut {
-        out.push('…');
+/// At most this many characters of an endpoint's text reach a log line or
+/// an error body (escapes count; a cut is marked with `…`).
+pub(crate) const MAX_SHOWN: usize = 256;
+
+/// Text from an endpoint (an `error_description`, an STS `Message`, a
+/// metadata server's body) made safe for a log line or an error body: read
+/// as UTF-8 (invalid bytes become U+FFFD), every control character, quote,
+/// backslash and invisible or line-breaking character escaped as Rust does
+/// (`\n`, `\"`, `\u{202e}`), cut on a character boundary at [`MAX_SHOWN`].
+/// The only way such text reaches a log or an answer: a newline from an
+/// upstream can never start a forged log line.
+pub(crate) fn printable(text: &[u8]) -> String {
+    let text = String::from_utf8_lossy(text);
+    let mut out = String::with_capacity(text.len().min(MAX_SHOWN) + '…'.len_utf8());
+    let mut shown = 0;
+    for c in text.chars() {
+        let escaped = c.escape_debug();
+        shown += escaped.len();
+        if shown > MAX_SHOWN {
+            out.push('…');
+            break;
+        }
+        out.extend(escaped);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_text_is_escaped_and_bounded() {
+        let forged = "bad\n{\"level\":\"ERROR\",\"message\":\"forged\"}\r\u{2028}\u{202e}\x1b[31m";
+        let shown = printable(forged.as_bytes());
+        assert_eq!(
+            shown,
+            r#"bad\n{\"level\":\"ERROR\",\"message\":\"forged\"}\r\u{2028}\u{202e}\u{1b}[31m"#
+        );
+        assert!(!shown.chars().any(char::is_control));
+        // Cut on a character boundary, marked.
+        let long = "é".repeat(10_000);
+        let shown = printable(long.as_bytes());
+        assert_eq!(shown.chars().count(), MAX_SHOWN + 1);
+        assert!(shown.ends_with('…'));
+        // An escape is never cut in half.
+        let shown = printable("\n".repeat(MAX_SHOWN).as_bytes());
+        assert_eq!(shown, format!("{}…", "\\n".repeat(MAX_SHOWN / 2)));
+        assert_eq!(printable(b"\xff ok"), "\u{fffd} ok");
+        assert_eq!(printable(b"short"), "short");
+    }
 }

@@ -6,6 +6,11 @@
 //! snapshot is built (`sidekey check` fails on a key that does not load);
 //! signing uses `ring`, the crypto provider rustls already uses, so no second
 //! crypto stack enters the build.
+//!
+//! Key material is decoded into wiped buffers (`pem.rs`; ring's own copy
+//! inside [`RsaKeyPair`] is the exception), and the signed assertion, a
+//! bearer credential for an hour, is built once in a buffer that is wiped
+//! when the token request that carries it has been sent and dropped.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,12 +21,12 @@ use bytes::Bytes;
 use http::Request;
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
+use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
+use super::pem::{self, KeyFormat};
 use super::{Mint, MintError, MintFuture, oauth};
-use crate::secret::Fingerprint;
+use crate::secret::{Fingerprint, wiped_bytes};
 use crate::upstream::{Client, UpstreamBody};
 
 /// The OAuth2 scope Vertex AI needs.
@@ -45,13 +50,16 @@ pub(crate) enum AccountError {
     Sign,
 }
 
-/// The fields sidekey uses from a service-account JSON.
+/// The fields sidekey uses from a service-account JSON. The key stays raw
+/// JSON text, borrowed from the file's (wiped) bytes: decoding it here
+/// would leave a copy in serde_json's scratch buffer.
 #[derive(serde::Deserialize)]
-struct AccountJson {
+struct AccountJson<'a> {
     #[serde(rename = "type")]
     ty: Option<String>,
     client_email: Option<String>,
-    private_key: Option<Zeroizing<String>>,
+    #[serde(borrow)]
+    private_key: Option<&'a RawValue>,
     private_key_id: Option<String>,
     token_uri: Option<String>,
     project_id: Option<String>,
@@ -99,7 +107,7 @@ impl ServiceAccount {
     pub(crate) fn parse(json: &[u8]) -> Result<Self, AccountError> {
         // serde_json's messages can quote a value ("invalid type: string
         // ..."): say only what kind of error it is and where.
-        let raw: AccountJson = serde_json::from_slice(json).map_err(|e| {
+        let raw: AccountJson<'_> = serde_json::from_slice(json).map_err(|e| {
             AccountError::Json(format!(
                 "{} at line {} column {}",
                 json_error_kind(&e),
@@ -120,11 +128,11 @@ impl ServiceAccount {
         let pem = raw
             .private_key
             .ok_or(AccountError::Missing("private_key"))?;
-        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| AccountError::Key)?;
-        let key = match &der {
-            PrivateKeyDer::Pkcs8(pkcs8) => RsaKeyPair::from_pkcs8(pkcs8.secret_pkcs8_der()),
-            PrivateKeyDer::Pkcs1(pkcs1) => RsaKeyPair::from_der(pkcs1.secret_pkcs1_der()),
-            _ => return Err(AccountError::Key),
+        let pem = pem::json_string(pem.get()).ok_or(AccountError::Key)?;
+        let (format, der) = pem::der(&pem).ok_or(AccountError::Key)?;
+        let key = match format {
+            KeyFormat::Pkcs8 => RsaKeyPair::from_pkcs8(&der),
+            KeyFormat::Pkcs1 => RsaKeyPair::from_der(&der),
         }
         .map_err(|_| AccountError::Key)?;
         Ok(Self {
@@ -139,12 +147,13 @@ impl ServiceAccount {
         })
     }
 
-    /// The signed JWT asserting this account, issued now.
+    /// The signed JWT asserting this account, issued now, in a buffer
+    /// allocated at its final size and wiped on drop.
     ///
     /// # Errors
     ///
     /// [`AccountError::Sign`] if signing fails (it does not for a key that loaded).
-    pub(crate) fn assertion(&self, now: SystemTime) -> Result<String, AccountError> {
+    pub(crate) fn assertion(&self, now: SystemTime) -> Result<Zeroizing<String>, AccountError> {
         let iat = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         #[derive(serde::Serialize)]
         struct Header<'a> {
@@ -171,7 +180,7 @@ impl ServiceAccount {
             URL_SAFE_NO_PAD.encode(header),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let mut signature = vec![0; self.key.public().modulus_len()];
+        let mut signature = Zeroizing::new(vec![0; self.key.public().modulus_len()]);
         self.key
             .sign(
                 &RSA_PKCS1_SHA256,
@@ -180,22 +189,33 @@ impl ServiceAccount {
                 &mut signature,
             )
             .map_err(|_| AccountError::Sign)?;
-        Ok(format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature)
-        ))
+        let signature_len =
+            base64::encoded_len(signature.len(), false).ok_or(AccountError::Sign)?;
+        let mut jwt = Zeroizing::new(String::with_capacity(
+            signing_input.len() + 1 + signature_len,
+        ));
+        jwt.push_str(&signing_input);
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_slice(), &mut jwt);
+        Ok(jwt)
     }
 
-    /// The form body of the token request (RFC 7523 §2.1).
+    /// The form body of the token request (RFC 7523 §2.1), backed by a
+    /// buffer wiped when the last reference to it (the request in flight)
+    /// drops.
     ///
     /// # Errors
     ///
     /// As [`Self::assertion`].
-    pub(crate) fn token_request_body(&self, now: SystemTime) -> Result<String, AccountError> {
-        Ok(format!(
-            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
-            self.assertion(now)?
-        ))
+    pub(crate) fn token_request_body(&self, now: SystemTime) -> Result<Bytes, AccountError> {
+        const GRANT: &str =
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=";
+        let assertion = self.assertion(now)?;
+        // The assertion is base64url and dots: nothing to form-encode.
+        let mut body = Vec::with_capacity(GRANT.len() + assertion.len());
+        body.extend_from_slice(GRANT.as_bytes());
+        body.extend_from_slice(assertion.as_bytes());
+        Ok(wiped_bytes(body))
     }
 }
 
@@ -221,7 +241,7 @@ impl Mint for ServiceAccount {
                     http::header::CONTENT_TYPE,
                     "application/x-www-form-urlencoded",
                 )
-                .body(UpstreamBody::buffered(Bytes::from(body)))
+                .body(UpstreamBody::buffered(body))
                 .map_err(|e| MintError::Request(format!("bad token_uri: {e}")))?;
             oauth::exchange(client, req).await
         })
@@ -284,6 +304,26 @@ mod tests {
         );
     }
 
+    /// What safe Rust can check of the wipe: the assertion is a
+    /// `Zeroizing` string, and the request body's `Bytes` are backed by
+    /// `secret::wiped_bytes` (the owner is private; its wipe is tested there).
+    #[test]
+    fn the_assertion_and_the_request_body_are_wiped_types() {
+        let json = serde_json::json!({
+            "type": "service_account",
+            "private_key": test_key_pem(),
+            "client_email": "sa@proj.iam.gserviceaccount.com",
+        })
+        .to_string();
+        let sa = ServiceAccount::parse(json.as_bytes()).unwrap();
+        let assertion: Zeroizing<String> = sa.assertion(SystemTime::now()).unwrap();
+        assert_eq!(assertion.capacity(), assertion.len(), "never grown");
+        let body = sa.token_request_body(SystemTime::now()).unwrap();
+        assert!(body.starts_with(
+            b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=ey"
+        ));
+    }
+
     #[test]
     fn errors_never_show_the_key() {
         let json = r#"{"type":"service_account","client_email":"a@b","private_key":"-----BEGIN PRIVATE KEY-----\nnotakey\n-----END PRIVATE KEY-----\n"}"#;
@@ -295,11 +335,18 @@ mod tests {
             AccountError::Missing("client_email")
         );
         // A value of the wrong type is not echoed.
-        let err = ServiceAccount::parse(br#"{"client_email":"a","private_key":["AIzaSECRET"]}"#)
+        let err = ServiceAccount::parse(br#"{"client_email":["AIzaSECRET"]}"#)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("wrong type") && !err.contains("AIzaSECRET"),
+            "{err}"
+        );
+        let err = ServiceAccount::parse(br#"{"client_email":"a","private_key":["AIzaSECRET"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("private_key is not a PEM") && !err.contains("AIzaSECRET"),
             "{err}"
         );
         let err = ServiceAccount::parse(br#""AIzaSECRET""#)

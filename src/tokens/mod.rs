@@ -27,7 +27,12 @@
 //! metadata server ([`metadata`]), both ending in an OAuth2 token request
 //! ([`oauth`]); and AWS credentials ([`aws`]: environment or files, web
 //! identity through STS, container and instance metadata endpoints). Every
-//! endpoint is asked through one bounded exchange (`fetch.rs`).
+//! endpoint is asked through one bounded exchange (`fetch.rs`), and its
+//! error text reaches logs and 503 bodies only escaped and cut
+//! (`fetch::printable`). Token requests that carry a secret (an assertion,
+//! a client secret, a refresh or subject token) are built in buffers wiped
+//! once sent (`oauth::form_body`); a service account's key is decoded in
+//! wiped buffers (`pem.rs`).
 
 pub(crate) mod authorized_user;
 pub(crate) mod aws;
@@ -38,6 +43,7 @@ mod fetch;
 pub(crate) mod jwt;
 pub(crate) mod metadata;
 pub(crate) mod oauth;
+mod pem;
 mod registry;
 mod time;
 mod token_file;

@@ -11,10 +11,12 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Request;
 
 use super::fetch::fetch;
 use super::{Credential, MintError, Minted, jwt};
+use crate::secret::wiped_bytes;
 use crate::upstream::{Client, UpstreamBody};
 
 /// A token is never trusted for longer than this (seconds), whatever
@@ -48,17 +50,35 @@ pub(crate) fn form_post(
     uri: &str,
     fields: &[(&str, &str)],
 ) -> Result<Request<UpstreamBody>, MintError> {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    for (name, value) in fields {
-        form.append_pair(name, value);
-    }
     Request::post(uri)
         .header(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
-        .body(UpstreamBody::buffered(bytes::Bytes::from(form.finish())))
+        .body(UpstreamBody::buffered(form_body(fields)))
         .map_err(|e| MintError::Request(format!("bad token endpoint: {e}")))
+}
+
+/// `fields` form-encoded, in one buffer allocated at its final size (no
+/// growth leaves a copy of a secret field behind) and wiped when the last
+/// reference to it drops, once the request has been sent: these bodies
+/// carry client secrets, refresh tokens, assertions and subject tokens.
+pub(crate) fn form_body(fields: &[(&str, &str)]) -> Bytes {
+    let encoded = |s: &str| {
+        form_urlencoded::byte_serialize(s.as_bytes())
+            .map(str::len)
+            .sum::<usize>()
+    };
+    let len = fields
+        .iter()
+        .map(|(name, value)| encoded(name) + 1 + encoded(value))
+        .sum::<usize>()
+        + fields.len().saturating_sub(1);
+    let mut form = form_urlencoded::Serializer::new(String::with_capacity(len));
+    for (name, value) in fields {
+        form.append_pair(name, value);
+    }
+    wiped_bytes(form.finish().into_bytes())
 }
 
 /// `error error_description` of an OAuth error body, or nothing.
@@ -73,7 +93,7 @@ fn oauth_error(body: &[u8]) -> String {
                 .unwrap_or("");
             // Text from the endpoint: escaped before it reaches a log.
             let text = format!("{e} {d}");
-            Some(super::fetch::printable(text.trim().as_bytes(), 300))
+            Some(super::fetch::printable(text.trim().as_bytes()))
         })
         .unwrap_or_default()
 }
@@ -150,6 +170,20 @@ mod tests {
             Duration::from_secs(MAX_LIFETIME_S),
             "a huge expires_in is capped"
         );
+    }
+
+    #[test]
+    fn form_bodies_are_encoded_at_their_final_size() {
+        let fields = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "1//a b&c=é"),
+        ];
+        let body = form_body(&fields);
+        assert_eq!(
+            body.as_ref(),
+            b"grant_type=refresh_token&refresh_token=1%2F%2Fa+b%26c%3D%C3%A9"
+        );
+        assert!(form_body(&[]).is_empty());
     }
 
     #[test]

@@ -74,7 +74,9 @@ impl Container {
             Auth::Value(secret) => secret.header_value("").map_err(bad)?,
             Auth::File(path) => {
                 let token = super::super::token_file::read(path).await?;
-                HeaderValue::from_str(&token).map_err(|_| {
+                // Backed by a wiped buffer, like every prepared credential.
+                let token = crate::secret::wiped_bytes(token.as_bytes().to_vec());
+                HeaderValue::from_maybe_shared(token).map_err(|_| {
                     MintError::Request(format!(
                         "token file {}: not a valid header value",
                         path.display()
@@ -133,7 +135,7 @@ impl Mint for Container {
                 .map_err(|e| MintError::Request(format!("cannot build the request: {e}")))?;
             let answer = fetch(client, req).await?;
             let host = answer.host.clone();
-            let body = answer.ok_or_refused(|b| printable(b, 200))?;
+            let body = answer.ok_or_refused(printable)?;
             parse_json_keys(&body, now).map_err(|reason| MintError::BadAnswer { host, reason })
         })
     }

@@ -61,9 +61,7 @@ impl Imds {
             .header(header.0, header.1)
             .body(UpstreamBody::buffered(Bytes::new()))
             .map_err(|e| MintError::Request(format!("cannot build the IMDS request: {e}")))?;
-        fetch(client, req)
-            .await?
-            .ok_or_refused(|b| printable(b, 200))
+        fetch(client, req).await?.ok_or_refused(printable)
     }
 }
 

@@ -236,7 +236,7 @@ fn parse_json_keys(body: &[u8], now: SystemTime) -> Result<Minted, String> {
     if let Some(code) = k.code.as_deref().filter(|c| *c != "Success") {
         return Err(format!(
             "Code is {}",
-            super::fetch::printable(code.as_bytes(), 40)
+            super::fetch::printable(code.as_bytes())
         ));
     }
     minted(

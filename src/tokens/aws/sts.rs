@@ -11,7 +11,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{Request, Uri};
 
 use super::super::fetch::{fetch, printable};
@@ -61,20 +60,21 @@ impl WebIdentity {
     }
 
     fn request(&self, token: &str) -> Result<Request<UpstreamBody>, http::Error> {
-        let form = form_urlencoded::Serializer::new(String::new())
-            .append_pair("Action", "AssumeRoleWithWebIdentity")
-            .append_pair("Version", "2011-06-15")
-            .append_pair("RoleArn", &self.role_arn)
-            .append_pair("RoleSessionName", &self.session_name)
-            .append_pair("WebIdentityToken", token)
-            .finish();
+        // Wiped once sent: the web identity token is a credential.
+        let form = super::super::oauth::form_body(&[
+            ("Action", "AssumeRoleWithWebIdentity"),
+            ("Version", "2011-06-15"),
+            ("RoleArn", &self.role_arn),
+            ("RoleSessionName", &self.session_name),
+            ("WebIdentityToken", token),
+        ]);
         Request::post(self.endpoint.clone())
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded; charset=utf-8",
             )
             .header(http::header::ACCEPT, "text/xml")
-            .body(UpstreamBody::buffered(Bytes::from(form)))
+            .body(UpstreamBody::buffered(form))
     }
 }
 
@@ -147,7 +147,6 @@ fn sts_error(body: &[u8]) -> String {
         format!("{code}: {message}")
             .trim_matches([' ', ':'])
             .as_bytes(),
-        300,
     )
 }
 
@@ -214,7 +213,7 @@ mod tests {
         let body = b"<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Token expired\x1b[31m</Message></Error></ErrorResponse>";
         assert_eq!(
             sts_error(body),
-            "InvalidIdentityToken: Token expired\\x1b[31m"
+            "InvalidIdentityToken: Token expired\\u{1b}[31m"
         );
     }
 
