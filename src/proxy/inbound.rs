@@ -56,9 +56,20 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     // the path as sent, and the path goes upstream byte for byte: a `..`
     // that the provider resolves would reach another model or deployment
     // than the one checked.
-    // Both need a `.` or a `%`: a path with neither is split no further.
+    // A raw `\` is refused outright, like an encoded one: servers that read
+    // it as `/` (IIS, some front ends and path normalisers) see `..\` as a
+    // dot segment, and no provider path has one. Dot segments and encoded slashes need a `.` or a `%`: a
+    // path with neither is split no further.
     let path = parts.uri.path();
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+    let mut suspect = false;
+    for b in path.bytes() {
+        match b {
+            b'\\' => return Err(ProxyError::DotSegment),
+            b'.' | b'%' => suspect = true,
+            _ => {}
+        }
+    }
+    if !suspect {
         return Ok(());
     }
     // One exception: a Bedrock model id (the segment after `model`) is an
@@ -174,6 +185,31 @@ mod tests {
         assert!(!check("/bedrock/model/a%5cb/converse"));
         assert!(!check("/bedrock/other/a%2Fb/converse"), "only the model id");
         assert!(is_dot("%2E.") && !is_dot("a.b") && has_encoded_backslash("x%5Cy"));
+    }
+
+    /// Issue 21, finding 3: a raw `\` is refused wherever it is, since an
+    /// upstream that reads it as `/` would resolve `..\`.
+    #[test]
+    fn a_backslash_is_refused_anywhere_in_the_path() {
+        let check = |path: &str| {
+            let (parts, ()) = http::Request::post(path).body(()).unwrap().into_parts();
+            super::check(&parts).is_ok()
+        };
+        for bad in [
+            r"/gem/v1beta/models/ok/..\..\..\v1beta\models\forbidden:generateContent",
+            r"/az/openai/deployments/d2/..\d1/chat",
+            r"/az/openai/deployments/d1\x/chat",
+            r"/bedrock/model/a\b/converse",
+            "/az/openai/deployments/d2/..%5Cd1/chat",
+            "/az/openai/deployments/d2/..%5cd1/chat",
+        ] {
+            assert!(!check(bad), "{bad}");
+        }
+        assert!(check("/gem/v1beta/models/ok:generateContent"));
+        assert!(
+            check("/openai/v1/chat/completions?q=a\\b"),
+            "the query is not the path"
+        );
     }
 
     #[test]
