@@ -161,4 +161,18 @@ mod tests {
         assert_eq!(split_path("/groq/"), ("groq", "/"));
         assert_eq!(split_path("/"), ("", ""));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// The route name is one whole segment, and name and rest give back
+        /// the path: nothing is lost or added on the way to the upstream.
+        #[test]
+        fn split_keeps_the_path_whole(path in "/[a-z0-9/.%\\\\-]{0,30}") {
+            let (name, rest) = split_path(&path);
+            proptest::prop_assert!(!name.contains('/'));
+            proptest::prop_assert!(rest.is_empty() || rest.starts_with('/'));
+            proptest::prop_assert_eq!(format!("/{name}{rest}"), path);
+        }
+    }
 }

@@ -155,6 +155,37 @@ mod tests {
         );
     }
 
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any upstream text parses or is refused, without a panic; an
+            /// error never shows a query or user info (where keys hide).
+            #[test]
+            fn parsing_never_panics_or_shows_a_key(
+                url in "(https?://)?([a-z0-9.:@-]|user:sk-SECRET@){0,20}(/[a-z0-9%.]{0,8}){0,3}(\\?key=sk-SECRET)?"
+            ) {
+                if let Err(e) = url.parse::<UpstreamBase>() {
+                    prop_assert!(!e.contains("sk-SECRET"), "{}", e);
+                }
+            }
+
+            /// Mapping any path remainder and query onto a base never panics,
+            /// and what it builds starts with the base path.
+            #[test]
+            fn mapping_never_panics(rest in any::<String>(), query in prop::option::of(any::<String>())) {
+                let base: UpstreamBase = "https://api.example.com/openai/".parse().unwrap();
+                if let Ok(uri) = base.uri(&rest, query.as_deref()) {
+                    prop_assert!(uri.path().starts_with("/openai"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_bad_upstreams() {
         for bad in [
