@@ -23,7 +23,17 @@ pub(crate) struct UpstreamBase {
 /// `url` cut before any `?` and without user info (`user:pass@`).
 fn shown_url(url: &str) -> String {
     let url = url.split('?').next().unwrap_or_default();
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    // Only a real scheme counts: in `user:pw@://` what precedes `://` is
+    // user info, which is never shown.
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, rest))
+            if s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            (s, rest)
+        }
+        _ => ("", url),
+    };
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, None), |(a, p)| (a, Some(p)));
