@@ -36,7 +36,7 @@ pub(crate) enum ProxyError {
     )]
     HostNotAllowed { host: String },
     #[error(
-        "the path has a `.` or `..` segment or an encoded slash: refused, since the provider would resolve it to another path than the one checked"
+        "the path has a `.` or `..` segment, a backslash or an encoded slash: refused, since the provider would resolve it to another path than the one checked"
     )]
     DotSegment,
     #[error("missing or wrong inbound token: send it as the API key or in x-sidekey-token")]

@@ -14,7 +14,8 @@
 //! - `sidekey_requests_total{route,status}` counter
 //! - `sidekey_request_duration_seconds{route}` histogram, request start to end of response body
 //! - `sidekey_credential_failovers_total{route,reason}` counter,
-//!   `sidekey_credential_keys_rested{route}` gauge
+//!   `sidekey_credential_keys_rested{route}` gauge,
+//!   `sidekey_requests_all_keys_rejected_total{route}` counter
 //! - `sidekey_token_refreshes_total{route,result}` counter,
 //!   `sidekey_token_expiry_timestamp_seconds{route,credential}` gauge,
 //!   `sidekey_token_source_info{route,credential,source}`
@@ -115,6 +116,8 @@ pub(crate) struct RouteMetrics {
     duration: Histogram<16>,
     failovers_rejected: AtomicU64,
     failovers_rate_limited: AtomicU64,
+    /// Requests whose every key was rejected (no key rested for them).
+    all_keys_rejected: AtomicU64,
     tokens_ok: AtomicU64,
     tokens_error: AtomicU64,
     /// WebSocket handshakes by status answered.
@@ -134,6 +137,7 @@ impl RouteMetrics {
             duration: Histogram::new(&DURATION_BUCKETS),
             failovers_rejected: AtomicU64::new(0),
             failovers_rate_limited: AtomicU64::new(0),
+            all_keys_rejected: AtomicU64::new(0),
             tokens_ok: AtomicU64::new(0),
             tokens_error: AtomicU64::new(0),
             ws_statuses: StatusCounts::new(),
@@ -166,6 +170,11 @@ impl RouteMetrics {
         } else {
             self.failovers_rejected.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Counts a request that every key it tried was rejected for.
+    pub(crate) fn all_keys_rejected(&self) {
+        self.all_keys_rejected.fetch_add(1, Relaxed);
     }
 
     /// Counts a WebSocket handshake and the status it was answered with.
@@ -557,6 +566,18 @@ fn render_failovers(out: &mut String, routes: &[Arc<RouteMetrics>], rested: &[(S
             ]
         },
     );
+    out.push_str("# HELP sidekey_requests_all_keys_rejected_total Requests that every key tried was rejected for: taken as a problem with the request, no key rested.\n");
+    out.push_str("# TYPE sidekey_requests_all_keys_rejected_total counter\n");
+    for m in routes {
+        let n = m.all_keys_rejected.load(Relaxed);
+        if n > 0 {
+            let _ = writeln!(
+                out,
+                "sidekey_requests_all_keys_rejected_total{{route=\"{}\"}} {n}",
+                m.route
+            );
+        }
+    }
     out.push_str("# HELP sidekey_credential_keys_rested Keys currently rested after a rejection or a 429, by route.\n");
     out.push_str("# TYPE sidekey_credential_keys_rested gauge\n");
     for (route, n) in rested {

@@ -23,7 +23,17 @@ pub(crate) struct UpstreamBase {
 /// `url` cut before any `?` and without user info (`user:pass@`).
 fn shown_url(url: &str) -> String {
     let url = url.split('?').next().unwrap_or_default();
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    // Only a real scheme counts: in `user:pw@://` what precedes `://` is
+    // user info, which is never shown.
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, rest))
+            if s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            (s, rest)
+        }
+        _ => ("", url),
+    };
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, None), |(a, p)| (a, Some(p)));
@@ -153,6 +163,37 @@ mod tests {
             root.uri("/x%3Ay", Some("")).unwrap().to_string(),
             "http://127.0.0.1:9000/x%3Ay"
         );
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any upstream text parses or is refused, without a panic; an
+            /// error never shows a query or user info (where keys hide).
+            #[test]
+            fn parsing_never_panics_or_shows_a_key(
+                url in "(https?://)?([a-z0-9.:@-]|user:sk-SECRET@){0,20}(/[a-z0-9%.]{0,8}){0,3}(\\?key=sk-SECRET)?"
+            ) {
+                if let Err(e) = url.parse::<UpstreamBase>() {
+                    prop_assert!(!e.contains("sk-SECRET"), "{}", e);
+                }
+            }
+
+            /// Mapping any path remainder and query onto a base never panics,
+            /// and what it builds starts with the base path.
+            #[test]
+            fn mapping_never_panics(rest in any::<String>(), query in prop::option::of(any::<String>())) {
+                let base: UpstreamBase = "https://api.example.com/openai/".parse().unwrap();
+                if let Ok(uri) = base.uri(&rest, query.as_deref()) {
+                    prop_assert!(uri.path().starts_with("/openai"));
+                }
+            }
+        }
     }
 
     #[test]

@@ -675,3 +675,150 @@ async fn a_gzipped_gemini_key_error_is_read_and_triggers_the_fallback() {
     assert_eq!(resp.json()["key"], "AIza-good-gz");
     assert_eq!(mock.requests().len(), 2);
 }
+
+/// Issue 21, finding 4: a Gemini error too long to read whole (2 MiB, cut
+/// at the peek limit) is not searched for key errors, so a message merely
+/// quoting `API_KEY_INVALID` rests no key: the client gets the answer,
+/// whole, from the first key, and the next request uses the first key too.
+#[tokio::test]
+async fn a_long_gemini_error_quoting_a_key_error_rests_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let filler = "x".repeat(2 << 20);
+    let long = serde_json::json!({"error": {
+        "code": 400,
+        "message": format!("Invalid value at 'contents' (API_KEY_INVALID): {filler}"),
+        "status": "INVALID_ARGUMENT",
+    }})
+    .to_string();
+    let mock = {
+        let long = long.clone();
+        Mock::start(Transport::Plain, move |r| {
+            if r.uri.path().contains("long-error") {
+                return Reply::json(400, long.clone());
+            }
+            let key = r.header("x-goog-api-key").unwrap_or("");
+            Reply::json(200, serde_json::json!({"key": key}).to_string())
+        })
+        .await
+    };
+    let sidekey = gemini_route(dir.path(), &mock, "AIza-first", "AIza-second").await;
+    let resp = post(
+        &sidekey,
+        "/gemini/v1beta/models/long-error:generateContent",
+        "{}",
+    )
+    .await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(
+        resp.body.len(),
+        long.len(),
+        "the answer reaches the client whole"
+    );
+    assert_eq!(mock.requests().len(), 1, "no failover");
+    let resp = post(&sidekey, "/gemini/v1beta/models/m:generateContent", "{}").await;
+    assert_eq!(
+        resp.json()["key"],
+        "AIza-first",
+        "the first key is not resting"
+    );
+    assert_eq!(
+        metric(&sidekey, "sidekey_credential_keys_rested{route=\"gemini\"}").await,
+        0.0
+    );
+}
+
+/// Issue 21, finding 5: a request every key is rejected for (here a path
+/// the provider answers 401 to whatever the key) is the request's problem:
+/// no key rests, so such requests cannot take a pool out of use. It is
+/// counted; the next good requests are served by both keys at once.
+#[tokio::test]
+async fn requests_every_key_rejects_rest_no_key() {
+    let mock = Mock::start(Transport::Plain, |r| {
+        let auth = r.header("authorization").unwrap_or("").to_owned();
+        if r.uri.path().contains("poison") {
+            return Reply::json(401, r#"{"error":{"message":"no"}}"#);
+        }
+        Reply::json(200, serde_json::json!({"auth": auth}).to_string())
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[keys]\nrest = \"1h\"\n{}",
+        route("openai", &mock.url, "[\"env::A\", \"env::B\"]")
+    );
+    let env = MapEnv::new([("A", "sk-pool-a"), ("B", "sk-pool-b")]);
+    let sidekey = start_in(dir.path(), &config, env).await;
+    for _ in 0..5 {
+        let resp = post(&sidekey, "/openai/v1/poison", "{}").await;
+        assert_eq!(resp.status, 401);
+    }
+    assert_eq!(mock.requests().len(), 10, "each tried both keys");
+    assert_eq!(
+        metric(&sidekey, "sidekey_credential_keys_rested{route=\"openai\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &sidekey,
+            "sidekey_requests_all_keys_rejected_total{route=\"openai\"}"
+        )
+        .await,
+        5.0
+    );
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        let resp = post(&sidekey, "/openai/v1/chat/completions", "{}").await;
+        assert_eq!(resp.status, 200);
+        served.push(resp.json()["auth"].as_str().unwrap().to_owned());
+    }
+    served.sort();
+    assert_eq!(served, ["Bearer sk-pool-a", "Bearer sk-pool-b"]);
+    assert_eq!(
+        mock.requests().len(),
+        12,
+        "one attempt each: nothing rested"
+    );
+}
+
+/// Issue 21, finding 5: a Vertex endpoint that answers 401 to everything
+/// (whatever the token) costs one forced token refresh, not one per
+/// request: 20 such requests make at most 2 token grants.
+#[tokio::test]
+async fn requests_rejected_whatever_the_token_do_not_mint_a_token_each() {
+    use common::google::{Account, Tokens, token_endpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Tokens::new(3600);
+    let account = Account::generate("sa@proj.iam.gserviceaccount.com", "proj");
+    tokens.trust(&account);
+    let (_token_mock, token_uri) = token_endpoint(Transport::Plain, tokens.clone()).await;
+    let vertex = Mock::start(Transport::Plain, |_| {
+        Reply::json(
+            401,
+            r#"{"error":{"code":401,"message":"Request had invalid authentication credentials.","status":"UNAUTHENTICATED"}}"#,
+        )
+    })
+    .await;
+    let sa = dir.path().join("sa.json");
+    std::fs::write(&sa, account.json(&token_uri)).unwrap();
+    let config = format!(
+        "[routes.vertex]\ntype = \"vertex\"\nupstream = \"{}\"\ncredentials = \"path::{}\"\n",
+        vertex.url,
+        sa.display()
+    );
+    let sidekey = start_in(dir.path(), &config, MapEnv::default()).await;
+    for _ in 0..20 {
+        let resp = post(
+            &sidekey,
+            "/vertex/v1/projects/proj/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent",
+            "{}",
+        )
+        .await;
+        assert_eq!(resp.status, 401);
+    }
+    let grants = tokens.requests.load(Ordering::Relaxed);
+    assert!(
+        grants <= 2,
+        "{grants} token grants for 20 rejected requests"
+    );
+    assert!(vertex.requests().len() <= 21, "one retry at most, once");
+}

@@ -340,3 +340,71 @@ async fn azure_route_level_upstream_serves_unlisted_deployments_and_v1_paths() {
     assert_eq!(shared.last().uri.path(), "/openai/v1/chat/completions");
     assert_eq!(shared.requests().len(), 2);
 }
+
+/// sidekey with a gemini route allowing model `ok`, an azure route allowing
+/// deployment `d2` and a bedrock route with an API key, all to `mock`.
+async fn hardened_routes(dir: &std::path::Path, mock: &Mock) -> common::sidekey::Running {
+    let config = format!(
+        "[routes.gem]\ntype = \"gemini\"\nupstream = \"{url}\"\nkey = \"env::G\"\nmodels = [\"ok\"]\n\
+         [routes.az]\ntype = \"azure\"\nkey = \"env::AZ\"\nupstream = \"{url}\"\nmodels = [\"d2\"]\n\
+         [routes.bedrock]\ntype = \"bedrock\"\nregion = \"us-east-1\"\nupstream = \"{url}\"\nkey = \"env::BR\"\n",
+        url = mock.url
+    );
+    let env = MapEnv::new([("G", "AIza-real"), ("AZ", "az-real"), ("BR", "br-real")]);
+    start_in(dir, &config, env).await
+}
+
+/// Issue 21, finding 3: a backslash in the path (raw or encoded), which an
+/// upstream may read as `/` and resolve `..\` with, is refused before
+/// anything leaves, so it cannot reach a model or deployment the allowlist
+/// did not check. A Bedrock inference-profile ARN keeps its `%2F`.
+#[tokio::test]
+async fn backslash_paths_are_refused_before_anything_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(Transport::Plain, |_| Reply::ok()).await;
+    let sidekey = hardened_routes(dir.path(), &mock).await;
+    for path in [
+        r"/gem/v1beta/models/ok/..\..\..\v1beta\models\forbidden:generateContent",
+        r"/az/openai/deployments/d2/..\d1/chat/completions",
+        "/az/openai/deployments/d2/..%5Cd1/chat/completions",
+    ] {
+        let resp = client::post_json(&sidekey.url(path), &[], "{}").await;
+        assert_eq!(resp.status, 400, "{path}: {}", resp.text());
+        assert_eq!(resp.error_code(), "bad_path", "{path}");
+    }
+    assert!(mock.requests().is_empty(), "nothing reached the provider");
+    let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.x/converse";
+    let resp = client::post_json(&sidekey.url(&format!("/bedrock{arn}")), &[], "{}").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        mock.requests()[0].path_and_query(),
+        arn,
+        "the ARN's %2F is kept"
+    );
+}
+
+/// Issue 21, finding 6: a credential in the query is removed however its
+/// name is written (percent-encoded, any case), `access_token` and
+/// `api-key` as well as `key`; other parameters stay, in order.
+#[tokio::test]
+async fn query_credentials_are_removed_in_any_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(Transport::Plain, |_| Reply::ok()).await;
+    let sidekey = hardened_routes(dir.path(), &mock).await;
+    let resp = client::post_json(
+        &sidekey.url(
+            "/gem/v1beta/models/ok:generateContent?%6bey=AIza-client&alt=sse&access_token=ya29.client\
+             &KEY=AIza-client&%6B%65%79=AIza-client&api-key=c&model=key",
+        ),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = mock.requests();
+    assert_eq!(
+        seen[0].path_and_query(),
+        "/v1beta/models/ok:generateContent?alt=sse&model=key"
+    );
+    assert_eq!(seen[0].header("x-goog-api-key"), Some("AIza-real"));
+}

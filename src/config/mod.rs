@@ -468,3 +468,6 @@ fn is_origin(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

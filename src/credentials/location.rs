@@ -198,6 +198,48 @@ mod tests {
         );
     }
 
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Location-like strings: a known or near-miss prefix and any text.
+        fn location_like() -> impl Strategy<Value = String> {
+            let prefix = prop_oneof![
+                Just(""),
+                Just("env::"),
+                Just("path::"),
+                Just("path_from_env::"),
+                Just("dynamic::"),
+                Just("none"),
+                Just("metadata"),
+                Just("env:"),
+                Just("::"),
+                Just(" env::"),
+            ];
+            (prefix, any::<String>()).prop_map(|(p, rest)| format!("{p}{rest}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// No input panics; what parses prints back to itself.
+            #[test]
+            fn parsing_never_panics_and_round_trips(s in location_like()) {
+                if let Ok(loc) = s.parse::<Location>() {
+                    prop_assert_eq!(loc.to_string().parse::<Location>(), Ok(loc));
+                }
+            }
+
+            /// A key pasted where a location belongs is never echoed.
+            #[test]
+            fn an_error_never_shows_the_value(key in "sk-[A-Za-z0-9]{8,40}") {
+                let err = key.parse::<Location>().unwrap_err();
+                prop_assert!(!err.to_string().contains(&key));
+            }
+        }
+    }
+
     #[test]
     fn relative_paths_follow_the_config_file() {
         let loc: Location = "path::keys/openai".parse().unwrap();

@@ -5,9 +5,10 @@
 //! answer's status, headers and (for providers that say it in the body) the
 //! start of its body into a [`Verdict`] that decides the fallback. No I/O.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 use super::Rejects;
 
@@ -35,52 +36,61 @@ impl Verdict {
 }
 
 /// Reads Google's error envelope (`{"error": {...}}`, or a one-element array
-/// of it from `streamGenerateContent`): `None` when `body` is not one;
-/// otherwise whether it says the API key is bad, and how. The machine-read
-/// `details[].reason` decides (`API_KEY_INVALID`, `API_KEY_EXPIRED`, a key
-/// blocked for this API or caller, a suspended consumer); without one, a 403
-/// `PERMISSION_DENIED` whose message is about the API key. Text elsewhere in
-/// the body (a quoted prompt) never counts.
-fn gemini_key_error(status: StatusCode, body: &[u8]) -> Option<Option<&'static str>> {
+/// of it from `streamGenerateContent`) and says whether it is about a bad
+/// API key. The machine-read `details[].reason` decides (`API_KEY_INVALID`,
+/// `API_KEY_EXPIRED`, a key blocked for this API or caller, a suspended
+/// consumer). Google sends one answer without a reason, a leaked key (403
+/// `PERMISSION_DENIED`, "Your API key was reported as leaked..."): it counts
+/// only when its `message` *starts* with Google's own wording, which a client
+/// cannot put there; text anywhere else (a quoted prompt or resource name)
+/// never counts.
+fn gemini_key_error(status: StatusCode, body: &[u8]) -> Option<&'static str> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let error = match &value {
         serde_json::Value::Array(items) => items.first()?.get("error")?,
         other => other.get("error")?,
     };
-    let reasons = error
-        .get("details")
-        .and_then(serde_json::Value::as_array)
+    let details = error.get("details").and_then(serde_json::Value::as_array);
+    let reasons = details
         .into_iter()
         .flatten()
         .filter_map(|d| d.get("reason").and_then(serde_json::Value::as_str));
     for reason in reasons {
         match reason {
-            "API_KEY_INVALID" => return Some(Some("API_KEY_INVALID")),
-            "API_KEY_EXPIRED" => return Some(Some("API_KEY_EXPIRED")),
-            "CONSUMER_SUSPENDED" => return Some(Some("CONSUMER_SUSPENDED")),
+            "API_KEY_INVALID" => return Some("API_KEY_INVALID"),
+            "API_KEY_EXPIRED" => return Some("API_KEY_EXPIRED"),
+            "CONSUMER_SUSPENDED" => return Some("CONSUMER_SUSPENDED"),
             r if r.starts_with("API_KEY_") && r.ends_with("_BLOCKED") => {
-                return Some(Some("API_KEY_BLOCKED"));
+                return Some("API_KEY_BLOCKED");
             }
             _ => {}
         }
     }
-    let text = |k: &str| {
-        error
-            .get(k)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
-    };
-    let about_the_key = {
-        let m = text("message").to_ascii_lowercase();
-        m.contains("api key")
-    };
-    if status == StatusCode::FORBIDDEN && text("status") == "PERMISSION_DENIED" && about_the_key {
-        return Some(Some("PERMISSION_DENIED"));
+    let text = |k: &str| error.get(k).and_then(serde_json::Value::as_str);
+    let leaked = status == StatusCode::FORBIDDEN
+        && details.is_none()
+        && text("status") == Some("PERMISSION_DENIED")
+        && text("message").is_some_and(|m| m.starts_with("Your API key was reported as leaked"));
+    leaked.then_some("PERMISSION_DENIED")
+}
+
+/// The error code of an AWS JSON-protocol answer: `x-amzn-ErrorType`
+/// (`Code:namespace`), else the body's `__type` (`namespace#Code`) or
+/// `code`. Never the message text.
+fn aws_error_code<'a>(headers: &'a HeaderMap, body: Option<&[u8]>) -> Option<Cow<'a, str>> {
+    if let Some(kind) = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(Cow::Borrowed(kind.split(':').next().unwrap_or(kind)));
     }
-    if status == StatusCode::BAD_REQUEST && text("message").starts_with("API key not valid") {
-        return Some(Some("API_KEY_INVALID"));
-    }
-    Some(None)
+    let value: serde_json::Value = serde_json::from_slice(body?).ok()?;
+    let kind = ["__type", "code", "Code"]
+        .iter()
+        .find_map(|k| value.get(k).and_then(serde_json::Value::as_str))?;
+    Some(Cow::Owned(
+        kind.rsplit('#').next().unwrap_or(kind).to_owned(),
+    ))
 }
 
 /// Longest `Retry-After` honoured; longer ones are capped.
@@ -98,7 +108,10 @@ impl Rejects {
     }
 
     /// Classifies an answer (design.md: "How each provider says this key is
-    /// bad"). `body` is the start of the body when [`Self::needs_body`].
+    /// bad"). `body` is the whole body when [`Self::needs_body`] and it was
+    /// read whole (`None` when it was cut off: such a body is not read, so
+    /// text deep in a long answer cannot rest a key). Only structured fields
+    /// count: Google's `details[].reason`, AWS's error code.
     pub(crate) fn classify(
         self,
         status: StatusCode,
@@ -111,40 +124,22 @@ impl Rejects {
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Verdict::RateLimited(retry_after(headers));
         }
-        let body = match body {
-            Some(b) if self.needs_body(status) => b,
-            _ => return Verdict::Accepted,
-        };
-        // AWS names the error in `x-amzn-ErrorType` (the JSON body has only
-        // a message); look in both.
-        let error_type = headers
-            .get("x-amzn-errortype")
-            .map_or(&[][..], HeaderValue::as_bytes);
-        let has = |needle: &str| {
-            let found = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
-            found(body) || found(error_type)
-        };
+        if !self.needs_body(status) {
+            return Verdict::Accepted;
+        }
         match self {
-            Self::Gemini => match gemini_key_error(status, body) {
-                Some(Some(reason)) => Verdict::Rejected(reason),
-                Some(None) => Verdict::Accepted,
-                // Not a Google error envelope (or cut at the peek limit).
-                None if has("API_KEY_INVALID") => Verdict::Rejected("API_KEY_INVALID"),
-                None => Verdict::Accepted,
+            Self::Gemini => body
+                .and_then(|b| gemini_key_error(status, b))
+                .map_or(Verdict::Accepted, Verdict::Rejected),
+            Self::Aws => match aws_error_code(headers, body).as_deref() {
+                Some("UnrecognizedClientException") => {
+                    Verdict::Rejected("UnrecognizedClientException")
+                }
+                Some("InvalidSignatureException") => Verdict::Rejected("InvalidSignatureException"),
+                Some("ExpiredTokenException" | "ExpiredToken") => Verdict::Rejected("ExpiredToken"),
+                _ => Verdict::Accepted,
             },
-            Self::Aws if has("UnrecognizedClientException") => {
-                Verdict::Rejected("UnrecognizedClientException")
-            }
-            Self::Aws if has("InvalidSignatureException") => {
-                Verdict::Rejected("InvalidSignatureException")
-            }
-            Self::Aws
-                if has("ExpiredToken")
-                    || has("security token included in the request is expired") =>
-            {
-                Verdict::Rejected("ExpiredToken")
-            }
-            _ => Verdict::Accepted,
+            Self::Status401 | Self::Vertex => Verdict::Accepted,
         }
     }
 
@@ -180,12 +175,83 @@ mod tests {
 
     use super::*;
 
+    /// Text a client can steer (a message quoting the request, a resource
+    /// name) never says "bad key"; only Google's `reason` and AWS's code do.
+    fn structured_fields_only() -> Vec<(Rejects, StatusCode, &'static [u8], Verdict)> {
+        use StatusCode as S;
+        vec![
+            (
+                Rejects::Gemini,
+                S::FORBIDDEN,
+                br#"{"error":{"code":403,"message":"Permission denied on resource 'api key' (or it may not exist).","status":"PERMISSION_DENIED"}}"#,
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Gemini,
+                S::FORBIDDEN,
+                br#"{"error":{"code":403,"message":"Model x: Your API key was reported as leaked","status":"PERMISSION_DENIED"}}"#,
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Gemini,
+                S::BAD_REQUEST,
+                br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT"}}"#,
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Gemini,
+                S::BAD_REQUEST,
+                b"<html>API_KEY_INVALID</html>",
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Aws,
+                S::BAD_REQUEST,
+                br#"{"message":"Malformed input: UnrecognizedClientException ExpiredToken"}"#,
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Aws,
+                S::FORBIDDEN,
+                br#"{"message":"The security token included in the request is expired"}"#,
+                Verdict::Accepted,
+            ),
+            (
+                Rejects::Aws,
+                S::FORBIDDEN,
+                br#"{"__type":"com.amazon.coral.service#ExpiredTokenException","message":"x"}"#,
+                Verdict::Rejected("ExpiredToken"),
+            ),
+        ]
+    }
+
+    /// A body cut off at the peek limit is not classified: a long error
+    /// quoting `API_KEY_INVALID` (issue 21, finding 4) rests no key. AWS's
+    /// code travels in a header, which is read whole.
+    #[test]
+    fn a_cut_off_body_is_not_classified() {
+        let h = HeaderMap::new();
+        assert_eq!(
+            Rejects::Gemini.classify(StatusCode::BAD_REQUEST, &h, None),
+            Verdict::Accepted
+        );
+        let mut aws = HeaderMap::new();
+        aws.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("InvalidSignatureException:http://internal.amazon.com/"),
+        );
+        assert_eq!(
+            Rejects::Aws.classify(StatusCode::FORBIDDEN, &aws, None),
+            Verdict::Rejected("InvalidSignatureException")
+        );
+    }
+
     #[test]
     fn classification_follows_the_design_table() {
         use StatusCode as S;
         let h = HeaderMap::new();
         let bad_gemini_key = br#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
-        let gemini_denied = br#"{"error":{"code":403,"message":"Method doesn't allow unregistered callers. Please use API key.","status":"PERMISSION_DENIED"}}"#;
+        let gemini_denied = br#"{"error":{"code":403,"message":"Your API key was reported as leaked. Please use another API key.","status":"PERMISSION_DENIED"}}"#;
         let other_denied = br#"{"error":{"code":403,"message":"The model is not available in your region","status":"PERMISSION_DENIED"}}"#;
         let quoted = br#"{"error":{"code":400,"message":"Invalid JSON payload: unknown name \"API_KEY_INVALID\"","status":"INVALID_ARGUMENT"}}"#;
         let blocked = br#"[{"error":{"code":403,"message":"Requests to this API generativelanguage.googleapis.com method ... are blocked.","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_SERVICE_BLOCKED"}]}}]"#;
@@ -254,7 +320,7 @@ mod tests {
                 Verdict::Accepted,
             ),
         ];
-        for (rejects, status, body, want) in cases {
+        for (rejects, status, body, want) in cases.into_iter().chain(structured_fields_only()) {
             assert_eq!(
                 rejects.classify(status, &h, Some(body)),
                 want,

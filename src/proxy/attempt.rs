@@ -5,10 +5,14 @@
 //! and classify it. [`send`] is the loop that decides what comes next:
 //! return the answer, retry once with a fresh token (when the provider's row
 //! says `refresh_on_reject` and the credential is minted), or move to the
-//! next candidate key (the failed key is rested). The client sees only the
-//! final answer; when every key is rejected it gets the provider's last
-//! answer unchanged. Connection failures are not about the key and are
-//! answered at once (502/504).
+//! next candidate key. The client sees only the final answer; when every
+//! key is rejected it gets the provider's last answer unchanged. A rejected
+//! key is rested only when the request then succeeds with another: when
+//! every key it tried is rejected, the request is the likely problem and no
+//! key rests (counted in `sidekey_requests_all_keys_rejected_total`), so no
+//! client can take a route's keys out of use. Connection failures are not
+//! about the key and are answered at once (502/504). An answer is
+//! classified only on a body read whole ([`PEEK_LIMIT`]).
 //!
 //! A request is retried only if its body can be sent again ([`Again`]):
 //! bytes already in memory, or a body kept by [`Replay`] within
@@ -30,6 +34,7 @@ use hyper::body::Incoming;
 use super::body::{joined, peek};
 use crate::body::UpstreamBody;
 use crate::body::replay::{Budget, Replay, ReplayBody};
+use crate::credentials::pool::KeyHealth;
 use crate::credentials::{Candidate, Chosen, Fingerprint, KeySet, NoCredential, Policy};
 use crate::error::ProxyError;
 use crate::providers::aws::SigV4;
@@ -122,6 +127,7 @@ pub(crate) async fn send(
     let refreshes = x.route.spec.refresh_on_reject;
     let mut body = x.keep_for_retry(body, candidates.len() > 1 || refreshes);
     let mut no_token = None;
+    let mut rejected = Rejections::default();
     let mut candidates = candidates.into_iter().peekable();
     while let Some(candidate) = candidates.next() {
         let mut token = match x.first_token(&candidate).await {
@@ -136,6 +142,7 @@ pub(crate) async fn send(
             let more = refresh_left || candidates.peek().is_some();
             let tried = x.attempt(&candidate, token.as_ref(), body, more).await?;
             if !x.wants_another(&candidate, &tried.verdict) {
+                x.settle(rejected, false);
                 return Ok(tried.answer);
             }
             // A rejected minted credential: one retry with a fresh one.
@@ -144,6 +151,7 @@ pub(crate) async fn send(
                 if let Some(fresh) = x.fresh_token(&candidate, token.as_ref()).await {
                     let Some(next) = x.again.next() else {
                         x.over_limit();
+                        x.settle(rejected, true);
                         return Ok(tried.answer);
                     };
                     tracing::info!(
@@ -154,13 +162,26 @@ pub(crate) async fn send(
                     continue;
                 }
             }
-            x.rest(&candidate, tried.verdict);
+            // A rejection is only held against the key once the request has
+            // shown it can succeed (see `settle`); a 429 rests the key now.
+            let last_rejected = match tried.verdict {
+                Verdict::Rejected(_) => {
+                    rejected.add(&candidate);
+                    true
+                }
+                verdict => {
+                    x.rest(candidate.health, verdict);
+                    false
+                }
+            };
             let Some(next) = candidates.peek() else {
                 // Every key was tried: the client gets the provider's last word.
+                x.settle(rejected, last_rejected);
                 return Ok(tried.answer);
             };
             let Some(next_body) = x.again.next() else {
                 x.over_limit();
+                x.settle(rejected, last_rejected);
                 return Ok(tried.answer);
             };
             x.failover(&candidate, next, &tried);
@@ -255,18 +276,22 @@ impl<'a> Exchange<'a> {
             super::forward::send(self.route, self.host, req, timeout).await?;
         let rejects = self.route.spec.rejects;
         let mut prefix = VecDeque::new();
-        let body_start = if rejects.needs_body(response.status()) {
+        let body = if rejects.needs_body(response.status()) {
             // Bounded in size and time; what was read goes to the client.
-            let _ =
+            let read =
                 tokio::time::timeout(timeout, peek(response.body_mut(), PEEK_LIMIT, &mut prefix))
                     .await;
             let encoding = response.headers().get(http::header::CONTENT_ENCODING);
-            Some(joined(&prefix, encoding, PEEK_LIMIT))
+            whole_body(read.is_ok_and(|r| r.is_ok()), &response, &prefix)
+                .then(|| joined(&prefix, encoding, PEEK_LIMIT))
+                .filter(|decoded| encoding.is_none() || decoded.len() < PEEK_LIMIT)
         } else {
             None
         };
-        let verdict =
-            rejects.classify(response.status(), response.headers(), body_start.as_deref());
+        // A body cut off (at the limit, by the timeout, by an error, or while
+        // decompressing) is not classified: only what was read whole can
+        // say "bad key", or a long answer quoting one could rest every key.
+        let verdict = rejects.classify(response.status(), response.headers(), body.as_deref());
         let answer = Answer {
             response,
             prefix,
@@ -315,7 +340,11 @@ impl<'a> Exchange<'a> {
             return None;
         };
         match cache.refresh_after(old, self.token_wait()).await {
-            Ok(fresh) => Some(fresh),
+            Ok(Some(fresh)) => Some(fresh),
+            Ok(None) => {
+                tracing::debug!("a fresh token was forced recently: the rejection stands");
+                None
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "no fresh token after a rejection");
                 None
@@ -327,10 +356,29 @@ impl<'a> Exchange<'a> {
         self.limits.request_timeout.min(TOKEN_WAIT)
     }
 
-    /// Rests the rejected key so later requests avoid it, unless it is the
-    /// set's only key (there is nothing to avoid it for).
-    fn rest(&self, candidate: &Candidate<'_>, verdict: Verdict) {
-        if let Some(health) = candidate.health.filter(|_| self.keys.keys.len() > 1) {
+    /// Applies the rests of the keys this request saw rejected, unless
+    /// every key it tried was rejected (`last_rejected` and more than one):
+    /// then the request, not the keys, is the likely problem (a shape or
+    /// path every upstream answers 401 to), and resting them would let any
+    /// client take every key of the route out of use. That case is counted.
+    fn settle(&self, rejected: Rejections<'_>, last_rejected: bool) {
+        if last_rejected && rejected.tried > 1 {
+            self.route.metrics.all_keys_rejected();
+            tracing::info!(
+                keys = rejected.tried,
+                "every key was rejected for this request: taken as a problem with the request, no key rested"
+            );
+            return;
+        }
+        for health in rejected.health {
+            self.rest(Some(health), Verdict::Rejected("401"));
+        }
+    }
+
+    /// Rests a key so later requests avoid it, unless it is the set's only
+    /// key (there is nothing to avoid it for).
+    fn rest(&self, health: Option<&KeyHealth>, verdict: Verdict) {
+        if let Some(health) = health.filter(|_| self.keys.keys.len() > 1) {
             health.rest(match verdict {
                 Verdict::RateLimited(after) => after.unwrap_or(self.limits.rate_limit_rest),
                 _ => self.limits.rest,
@@ -406,6 +454,41 @@ impl std::fmt::Debug for Exchange<'_> {
             .field("host", &self.host)
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether `prefix` holds the whole body of `response`: the peek ended
+/// without error or timeout (`read_ok`), and either stopped short of the
+/// limit (it saw the end) or the body says it has nothing more.
+fn whole_body(
+    read_ok: bool,
+    response: &Response<Incoming>,
+    prefix: &VecDeque<Frame<Bytes>>,
+) -> bool {
+    use http_body::Body as _;
+    let read: usize = prefix
+        .iter()
+        .filter_map(|f| f.data_ref())
+        .map(Bytes::len)
+        .sum();
+    read_ok && (read < PEEK_LIMIT || response.body().is_end_stream())
+}
+
+/// The keys one request saw rejected, rested only once the request ends
+/// ([`Exchange::settle`]). Allocates only when a key with health is rejected.
+#[derive(Default)]
+struct Rejections<'a> {
+    /// How many candidates were rejected (dynamic keys included).
+    tried: u8,
+    health: Vec<&'a KeyHealth>,
+}
+
+impl<'a> Rejections<'a> {
+    fn add(&mut self, candidate: &Candidate<'a>) {
+        self.tried = self.tried.saturating_add(1);
+        if let Some(health) = candidate.health {
+            self.health.push(health);
+        }
     }
 }
 

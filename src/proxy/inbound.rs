@@ -56,9 +56,20 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     // the path as sent, and the path goes upstream byte for byte: a `..`
     // that the provider resolves would reach another model or deployment
     // than the one checked.
-    // Both need a `.` or a `%`: a path with neither is split no further.
+    // A raw `\` is refused outright, like an encoded one: servers that read
+    // it as `/` (IIS, some front ends and path normalisers) see `..\` as a
+    // dot segment, and no provider path has one. Dot segments and encoded slashes need a `.` or a `%`: a
+    // path with neither is split no further.
     let path = parts.uri.path();
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+    let mut suspect = false;
+    for b in path.bytes() {
+        match b {
+            b'\\' => return Err(ProxyError::DotSegment),
+            b'.' | b'%' => suspect = true,
+            _ => {}
+        }
+    }
+    if !suspect {
         return Ok(());
     }
     // One exception: a Bedrock model id (the segment after `model`) is an
@@ -67,7 +78,7 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     let mut after_model = false;
     for segment in path.split('/') {
         let refused = if after_model {
-            is_dot(segment) || has_encoded_backslash(segment)
+            has_dot_part(segment) || has_encoded_backslash(segment)
         } else {
             is_dot_or_slash(segment)
         };
@@ -83,6 +94,12 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
 fn is_dot(segment: &str) -> bool {
     let s = segment.to_ascii_lowercase().replace("%2e", ".");
     s == "." || s == ".."
+}
+
+/// A segment with a `.` or `..` part between its encoded slashes
+/// (`a%2F..%2Fb`): a model id keeps its `%2F`, but never as a way up.
+fn has_dot_part(segment: &str) -> bool {
+    segment.to_ascii_lowercase().split("%2f").any(is_dot)
 }
 
 /// A segment holding `%5c` (an encoded `\`).
@@ -171,9 +188,107 @@ mod tests {
             "/bedrock/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.x/converse"
         ));
         assert!(!check("/bedrock/model/%2e%2e/converse"));
+        assert!(!check("/bedrock/model/a%2F..%2Fb/converse"));
+        assert!(!check("/bedrock/model/a%2f%2E/converse"));
         assert!(!check("/bedrock/model/a%5cb/converse"));
         assert!(!check("/bedrock/other/a%2Fb/converse"), "only the model id");
         assert!(is_dot("%2E.") && !is_dot("a.b") && has_encoded_backslash("x%5Cy"));
+    }
+
+    /// Issue 21, finding 3: a raw `\` is refused wherever it is, since an
+    /// upstream that reads it as `/` would resolve `..\`.
+    #[test]
+    fn a_backslash_is_refused_anywhere_in_the_path() {
+        let check = |path: &str| {
+            let (parts, ()) = http::Request::post(path).body(()).unwrap().into_parts();
+            super::check(&parts).is_ok()
+        };
+        for bad in [
+            r"/gem/v1beta/models/ok/..\..\..\v1beta\models\forbidden:generateContent",
+            r"/az/openai/deployments/d2/..\d1/chat",
+            r"/az/openai/deployments/d1\x/chat",
+            r"/bedrock/model/a\b/converse",
+            "/az/openai/deployments/d2/..%5Cd1/chat",
+            "/az/openai/deployments/d2/..%5cd1/chat",
+        ] {
+            assert!(!check(bad), "{bad}");
+        }
+        assert!(check("/gem/v1beta/models/ok:generateContent"));
+        assert!(
+            check("/openai/v1/chat/completions?q=a\\b"),
+            "the query is not the path"
+        );
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use crate::routes::{UpstreamBase, split_path};
+
+        /// Path segments built from the pieces of path tricks.
+        fn segment() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(
+                &[
+                    ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "\\", "%25", "2e", "a",
+                    ":",
+                ][..],
+            );
+            prop_oneof![
+                1 => prop::sample::select(&["model", "models", "v1", "ok"][..]).prop_map(String::from),
+                3 => prop::collection::vec(piece, 1..5).prop_map(|p| p.concat()),
+            ]
+        }
+
+        /// The path as a server that decodes `%2e`, `%2f` and `%5c` and reads
+        /// `\` as `/` (the most lenient upstream) would split it.
+        fn lenient_segments(path: &str) -> Vec<String> {
+            let mut s = path.to_owned();
+            for (from, to) in [
+                ("%2e", "."),
+                ("%2E", "."),
+                ("%2f", "/"),
+                ("%2F", "/"),
+                ("%5c", "/"),
+                ("%5C", "/"),
+                ("\\", "/"),
+            ] {
+                s = s.replace(from, to);
+            }
+            s.split('/').map(str::to_owned).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+            /// A path the inbound check accepts, mapped onto a route's base,
+            /// has no dot segment and no backslash, raw or encoded, even as
+            /// the most lenient upstream reads it: it cannot leave the base.
+            #[test]
+            fn no_accepted_path_escapes_the_base(
+                route in prop::sample::select(&["gem", "bedrock", "az"][..]),
+                segments in prop::collection::vec(segment(), 0..6),
+            ) {
+                let path = format!("/{route}/{}", segments.join("/"));
+                let Ok(req) = http::Request::post(path.as_str()).body(()) else {
+                    return Ok(());
+                };
+                let (parts, ()) = req.into_parts();
+                if super::super::check(&parts).is_err() {
+                    return Ok(());
+                }
+                let (name, rest) = split_path(parts.uri.path());
+                prop_assert_eq!(name, route);
+                let base: UpstreamBase = "https://upstream.example/base".parse().unwrap();
+                let uri = base.uri(rest, None).unwrap();
+                let out = uri.path();
+                prop_assert!(out.starts_with("/base"), "{}", out);
+                prop_assert!(!out.contains('\\'), "{}", out);
+                prop_assert!(!out.to_ascii_lowercase().contains("%5c"), "{}", out);
+                for seg in lenient_segments(out) {
+                    prop_assert!(seg != "." && seg != "..", "{} from {}", out, path);
+                }
+            }
+        }
     }
 
     #[test]

@@ -235,7 +235,7 @@ async fn handle_inner(
     let route = select(snap, name)?;
     tracing::Span::current().record("route", &*route.name);
     cx.metrics = Some(route.metrics.clone());
-    let query = uri.query().map(routes::strip_key_param);
+    let query = uri.query().map(strip::query);
     let plan = plan(route, rest, query.as_deref())?;
 
     // 2. Choose the credentials to try (a dynamic one is taken out of the

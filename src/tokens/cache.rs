@@ -1,8 +1,8 @@
 //! [`TokenCache`]: one credential source of one route, with the background
 //! task that mints for it. See the module above for the behaviour.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
@@ -20,6 +20,12 @@ pub(crate) const REFRESH_JITTER: Duration = Duration::from_secs(30);
 /// First retry after a failed mint; doubles up to [`MAX_BACKOFF`].
 pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(500);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// At most one refresh forced by a rejection per credential in this time:
+/// a client that sends requests the provider answers 401 to (whatever the
+/// token) must not make sidekey mint once per request. A token the provider
+/// really revoked is replaced by the first forced refresh; scheduled
+/// refreshes are not limited.
+pub(crate) const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What the channel holds.
 #[derive(Clone, Debug)]
@@ -39,8 +45,10 @@ pub(crate) struct TokenCache {
     state: watch::Receiver<State>,
     /// Wakes the task for a refresh now (after a rejection).
     refresh: Arc<Notify>,
-    /// The serial of the token a rejection was seen with.
-    rejected_serial: AtomicU64,
+    /// The last refresh a rejection forced. A lock, not atomics: it is
+    /// taken only after a provider rejected a token, never in steady state,
+    /// and held for a few loads and stores.
+    forced: Mutex<Forced>,
     /// Unix time the current token expires; 0 without one (for the gauge).
     expiry: Arc<AtomicU64>,
     /// The refresher; `None` offline (`sidekey check` mints nothing).
@@ -84,7 +92,7 @@ impl TokenCache {
             source,
             state,
             refresh,
-            rejected_serial: AtomicU64::new(0),
+            forced: Mutex::new(Forced::default()),
             expiry,
             task,
         }
@@ -126,8 +134,11 @@ impl TokenCache {
         }
     }
 
-    /// After the provider rejected `token`: asks for a fresh one, once per
-    /// token however many requests saw the rejection, and waits for it.
+    /// After the provider rejected `token`: a newer token, asking the task
+    /// for one once per token however many requests saw the rejection, and
+    /// waiting for it. `None` when no refresh may be forced now (one was
+    /// forced less than [`FORCED_REFRESH_INTERVAL`] ago and nothing newer
+    /// is cached): the rejection stands.
     ///
     /// # Errors
     ///
@@ -136,21 +147,24 @@ impl TokenCache {
         &self,
         token: &Token,
         wait: Duration,
-    ) -> Result<Token, TokenError> {
+    ) -> Result<Option<Token>, TokenError> {
         let mut rx = self.state.clone();
-        if self
-            .rejected_serial
-            .fetch_max(token.serial, Ordering::AcqRel)
-            < token.serial
+        if let State::Ready(t) = &*rx.borrow_and_update()
+            && t.serial > token.serial
         {
-            self.refresh.notify_one();
+            return Ok(Some(t.clone()));
+        }
+        match self.force(token.serial) {
+            Force::Asked => self.refresh.notify_one(),
+            Force::Pending => {}
+            Force::Limited => return Ok(None),
         }
         let deadline = Instant::now() + wait;
         loop {
             if let State::Ready(t) = &*rx.borrow_and_update()
                 && t.serial > token.serial
             {
-                return Ok(t.clone());
+                return Ok(Some(t.clone()));
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
@@ -158,6 +172,26 @@ impl TokenCache {
                 Err(_) => return Err(self.not_yet("no fresh token after the rejection")),
             }
         }
+    }
+
+    /// Whether a rejection of the token `serial` forces a refresh now.
+    fn force(&self, serial: u64) -> Force {
+        let now = Instant::now();
+        let mut forced = self.forced.lock().unwrap_or_else(PoisonError::into_inner);
+        if forced.serial >= serial {
+            return Force::Pending;
+        }
+        if forced
+            .at
+            .is_some_and(|at| now.duration_since(at) < FORCED_REFRESH_INTERVAL)
+        {
+            return Force::Limited;
+        }
+        *forced = Forced {
+            serial,
+            at: Some(now),
+        };
+        Force::Asked
     }
 
     fn origin(&self) -> String {
@@ -177,6 +211,25 @@ impl TokenCache {
             reason,
         }
     }
+}
+
+/// The last refresh a rejection forced.
+#[derive(Debug, Default)]
+struct Forced {
+    /// The serial of the rejected token it replaces.
+    serial: u64,
+    /// When it was asked for.
+    at: Option<Instant>,
+}
+
+/// What a rejection does to the cache.
+enum Force {
+    /// A refresh was asked for now.
+    Asked,
+    /// A refresh for this token (or a newer one) was already asked for.
+    Pending,
+    /// One was forced too recently: none now.
+    Limited,
 }
 
 /// The background task of one cache.

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 
-use super::cache::{MAX_BACKOFF, MIN_BACKOFF, REFRESH_JITTER, REFRESH_MARGIN, refresh_delay};
+use super::cache::{
+    FORCED_REFRESH_INTERVAL, MAX_BACKOFF, MIN_BACKOFF, REFRESH_JITTER, REFRESH_MARGIN,
+    refresh_delay,
+};
 use super::*;
 use crate::metrics::Metrics;
 
@@ -160,13 +163,43 @@ async fn a_rejected_token_is_refreshed_once_however_many_requests_saw_it() {
     let old = cache.token(WAIT).await.unwrap();
     let fresh = futures_join_all((0..10).map(|_| cache.refresh_after(&old, WAIT))).await;
     for t in &fresh {
-        assert_eq!(value(t.as_ref().unwrap()), "Bearer token-2");
+        assert_eq!(
+            value(t.as_ref().unwrap().as_ref().unwrap()),
+            "Bearer token-2"
+        );
     }
     assert_eq!(source.mints(), 2, "one refresh for ten rejections");
     // A late rejection of the old token does not force a third mint.
-    let again = cache.refresh_after(&old, WAIT).await.unwrap();
-    assert_eq!(again.serial, fresh[0].as_ref().unwrap().serial);
+    let again = cache.refresh_after(&old, WAIT).await.unwrap().unwrap();
+    assert_eq!(
+        again.serial,
+        fresh[0].as_ref().unwrap().as_ref().unwrap().serial
+    );
     assert_eq!(source.mints(), 2);
+}
+
+/// Issue 21, finding 5: requests the provider rejects whatever the token
+/// force one refresh per `FORCED_REFRESH_INTERVAL`, not one per request.
+#[tokio::test(start_paused = true)]
+async fn forced_refreshes_are_limited_to_one_per_interval() {
+    let source = Scripted::new([]);
+    let cache = cache(source.clone());
+    let first = cache.token(WAIT).await.unwrap();
+    let second = cache.refresh_after(&first, WAIT).await.unwrap().unwrap();
+    assert_eq!(source.mints(), 2);
+    // The fresh token is rejected too, again and again: no more mints.
+    for _ in 0..20 {
+        assert!(cache.refresh_after(&second, WAIT).await.unwrap().is_none());
+    }
+    assert_eq!(source.mints(), 2, "one forced refresh per interval");
+    // A rejection of the first token still gets the newer one, mint-free.
+    let newer = cache.refresh_after(&first, WAIT).await.unwrap().unwrap();
+    assert_eq!(newer.serial, second.serial);
+    // Once the interval has passed, a rejection forces a refresh again.
+    tokio::time::sleep(FORCED_REFRESH_INTERVAL).await;
+    let third = cache.refresh_after(&second, WAIT).await.unwrap().unwrap();
+    assert!(third.serial > second.serial);
+    assert_eq!(source.mints(), 3);
 }
 
 #[test]
