@@ -67,14 +67,23 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ProxyErro
 }
 
 /// Whether `host` (with or without port) names this machine's loopback
-/// listener: `localhost`, a loopback address, or a listed name.
+/// listener: `localhost`, a loopback address, or a listed name. Runs on
+/// every request: no allocation, and the usual `127.0.0.1` and `localhost`
+/// are settled by one comparison.
 fn host_allowed(allowed: &[String], host: &str) -> bool {
-    let name = without_port(host.trim()).to_ascii_lowercase();
-    let name = name.strip_suffix('.').unwrap_or(&name);
-    if name == "localhost" || allowed.iter().any(|a| a == name) {
+    let name = without_port(host.trim());
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name == "127.0.0.1" || name.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    let ip = name.trim_start_matches('[').trim_end_matches(']');
+    // Listed names are kept lowercase (config).
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    let ip = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
     ip.parse::<std::net::IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
 }
@@ -124,6 +133,7 @@ mod tests {
             "10.0.0.1",
             "[::2]:80",
             "0.0.0.0",
+            "127.0.0.1.evil.example",
             "",
         ] {
             assert!(!host_allowed(&allowed, bad), "{bad}");
