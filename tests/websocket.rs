@@ -317,6 +317,21 @@ async fn the_model_allowlist_applies_to_handshakes() {
         "a list that omitting the model bypasses is none"
     );
     assert!(body.contains("model_missing"), "{body}");
+    // The provider decodes parameter names and may read either of two
+    // `model`s: every spelling and every copy is checked.
+    for smuggled in [
+        "model=gpt-realtime&model=gpt-4o-realtime",
+        "model=gpt-realtime&%6dodel=gpt-4o-realtime",
+    ] {
+        let (status, body) = ws::connect(
+            &ws_url(&sk, &format!("/openai/v1/realtime?{smuggled}")),
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status, 403, "{smuggled}");
+        assert!(body.contains("model_not_allowed"), "{body}");
+    }
     assert_eq!(mock.handshakes().len(), 1);
     sk.stop().await;
     mock.join();

@@ -19,15 +19,29 @@ pub(crate) fn deployment(rest: &str) -> Option<&str> {
 
 /// The deployment an Azure realtime handshake names in its query
 /// (`/openai/realtime?api-version=...&deployment=NAME`): that API puts it
-/// there rather than in the path.
+/// there rather than in the path. Parameter names are compared decoded, as
+/// the service reads them (`%64eployment` is `deployment`); a query naming
+/// two different deployments names none, so neither one's allowlist can be
+/// passed with the other's name.
 pub(crate) fn realtime_deployment<'q>(rest: &str, query: Option<&'q str>) -> Option<&'q str> {
     if rest.trim_end_matches('/') != "/openai/realtime" {
         return None;
     }
-    query?
-        .split('&')
-        .find_map(|p| p.strip_prefix("deployment="))
-        .filter(|name| !name.is_empty())
+    let mut found = None;
+    for param in query?.split('&') {
+        let named = form_urlencoded::parse(param.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| name == "deployment");
+        if !named {
+            continue;
+        }
+        let value = param.split_once('=').map_or("", |(_, v)| v);
+        if found.is_some_and(|f| f != value) {
+            return None;
+        }
+        found = Some(value);
+    }
+    found.filter(|name| !name.is_empty())
 }
 
 /// The target (of the deployment, or the default) for a request path on
@@ -62,6 +76,20 @@ pub(crate) fn target<'r, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_realtime_deployment_is_read_as_the_service_reads_it() {
+        let rt = |q| realtime_deployment("/openai/realtime", Some(q));
+        assert_eq!(rt("api-version=1&deployment=d1"), Some("d1"));
+        assert_eq!(rt("%64eployment=d1&api-version=1"), Some("d1"));
+        assert_eq!(rt("deployment=d1&deployment=d1"), Some("d1"));
+        assert_eq!(rt("deployment=d1&%64eployment=d2"), None, "two names: none");
+        assert_eq!(rt("deployments=d1&xdeployment=d2"), None);
+        assert_eq!(
+            realtime_deployment("/openai/other", Some("deployment=d1")),
+            None
+        );
+    }
 
     #[test]
     fn finds_the_deployment() {

@@ -112,11 +112,24 @@ pub(crate) fn check_model(
         return Ok(());
     }
     let model: Option<Cow<'_, str>> = match route.spec.model_in {
-        ModelIn::JsonBody => query.and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "model")
-                .map(|(_, v)| v)
-        }),
+        ModelIn::JsonBody => {
+            // Names compared decoded, as the provider reads them; every
+            // `model` given must be allowed, whichever one it uses.
+            let mut models = query
+                .map(|q| form_urlencoded::parse(q.as_bytes()))
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k == "model")
+                .map(|(_, v)| v);
+            let first = models.next();
+            if let Some(bad) = models.find(|m| !route.allows(m)) {
+                return Err(ProxyError::ModelNotAllowed {
+                    route: route.name.to_string(),
+                    model: bad.into_owned(),
+                });
+            }
+            first
+        }
         ModelIn::AzureDeployment => deployment.map(Cow::Borrowed),
         other => allowlist::path_model(other, rest),
     };
