@@ -33,8 +33,9 @@ pub(crate) struct Limits {
     /// Client connections (and the WebSockets they became) served at once;
     /// beyond it new connections wait in the kernel's accept queue.
     pub(crate) max_connections: usize,
-    /// Largest request head (HTTP/1 read buffer, HTTP/2 header list):
-    /// beyond it the answer is 431.
+    /// Largest request head: the HTTP/2 header list, the HTTP/1 read
+    /// buffer (a head still incomplete when it is full; hyper's last read
+    /// may carry one up to twice the size): beyond it the answer is 431.
     pub(crate) max_header_bytes: u64,
     /// Longest time to receive a body sidekey reads itself (the model
     /// allowlist, SigV4 signing): past it the answer is 408.
