@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::client::{self, request};
 use common::mock::{Mock, Reply, Transport};
-use common::process::spawn;
+use common::process::spawn_config;
 use common::write_key;
 use http::Method;
 use http_body_util::BodyExt;
@@ -50,15 +50,7 @@ async fn access_lines_describe_each_request() {
         ),
     )
     .unwrap();
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
-    let proc = spawn(&args, &[]).await;
+    let proc = spawn_config(&config, &[], &[]).await;
 
     // 1. A JSON answer with Content-Length; the query must not be logged.
     assert_eq!(

@@ -13,7 +13,7 @@ mod common;
 
 use common::client;
 use common::mock::{Mock, Reply, Transport};
-use common::process::{command, spawn};
+use common::process::{command, spawn_config};
 use common::write_key;
 
 async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -158,20 +158,7 @@ async fn sigterm_drains_and_exits_zero() {
     )
     .unwrap();
     // One worker thread: the single-threaded runtime a sidecar runs.
-    let proc = spawn(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--worker-threads",
-            "1",
-        ],
-        &[],
-    )
-    .await;
+    let proc = spawn_config(&config, &["--worker-threads", "1"], &[]).await;
     assert_eq!(client::get(&proc.url("/llm/v1/models")).await.status, 200);
     let (status, stderr) = proc.terminate().await;
     assert_eq!(status.code(), Some(0), "{stderr}");
@@ -261,15 +248,7 @@ async fn config_errors_show_where_a_pasted_key_is_but_not_the_key() {
         mock.url
     );
     std::fs::write(&config, &good).unwrap();
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
-    let proc = spawn(&args, &[("K", "sk-running")]).await;
+    let proc = spawn_config(&config, &[], &[("K", "sk-running")]).await;
     std::fs::write(
         &config,
         format!("[limits]\nconnect_timeout = \"{PASTED}\"\n{good}"),

@@ -330,15 +330,7 @@ async fn sighup_reloads_and_the_timer_rereads_without_watches() {
         .unwrap();
     };
     write_config("1h");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
-    let proc = common::process::spawn(&args, &[]).await;
+    let proc = common::process::spawn_config(&config, &[], &[]).await;
     assert_eq!(key_via(&proc).await, "Bearer sk-hup-0");
 
     // No watches and an hour-long timer: only SIGHUP can bring the new key.

@@ -40,20 +40,8 @@ async fn readyz(admin: &str) -> (u16, String) {
 
 /// sidekey as the sidecar runs it: its own process, one runtime thread.
 async fn sidecar(config: &Path) -> (Proc, String, String) {
-    let proc = common::process::spawn(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--worker-threads",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &[("K", "sk-env")],
-    )
-    .await;
+    let proc =
+        common::process::spawn_config(config, &["--worker-threads", "1"], &[("K", "sk-env")]).await;
     let base = proc.url("");
     let admin = format!("http://{}", proc.admin);
     (proc, base, admin)

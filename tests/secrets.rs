@@ -14,7 +14,7 @@ mod common;
 use bytes::Bytes;
 use common::client::{self, request};
 use common::mock::{Mock, Reply, Transport};
-use common::process::{command, spawn};
+use common::process::{command, spawn_config};
 use common::tls::TestPki;
 use common::write_key;
 use http::Method;
@@ -69,20 +69,8 @@ async fn no_secret_in_trace_logs_error_bodies_or_check_output() {
         ),
     )
     .unwrap();
-    let config = config.to_str().unwrap();
     let env = [("SIDEKEY_LOG", "trace"), ("ENV_KEY", ENV_KEY)];
-    let proc = spawn(
-        &[
-            "--config",
-            config,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &env,
-    )
-    .await;
+    let proc = spawn_config(&config, &[], &env).await;
 
     let mut bodies = String::new();
     for (path, headers, body) in [
@@ -144,6 +132,7 @@ async fn no_secret_in_trace_logs_error_bodies_or_check_output() {
         "access log lacks the fingerprint {fingerprint}"
     );
 
+    let config = config.to_str().unwrap();
     let out = command(&["check", "--config", config], &[("ENV_KEY", ENV_KEY)])
         .output()
         .await

@@ -33,6 +33,22 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Starts sidekey on `config` with both ports on an ephemeral loopback
+/// port, plus `extra` flags (see [`spawn`]).
+pub async fn spawn_config(config: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+    let config = config.to_str().unwrap();
+    let mut args = vec![
+        "--config",
+        config,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args, env).await
+}
+
 /// Starts sidekey with `--log-format json` plus `args`, waits (bounded) for
 /// its "serving" line and reads the bound addresses from it.
 pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
