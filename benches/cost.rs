@@ -6,8 +6,11 @@
 //!
 //! 1. throughput and CPU per request at 64 connections (wrk, closed loop),
 //!    with access logs off and on: the median of three alternating rounds;
-//! 2. CPU per request at a fixed 5,000 req/s (open loop): both proxies see the
-//!    same arrival pattern, so this is the fairest cost comparison;
+//!    with logs off also the hyper floor (the cheapest hyper proxy doing
+//!    the same swap, [`floor`]) and sidekey on a route with a fallback key
+//!    and a model allowlist (the body read, checked and kept for a retry);
+//! 2. CPU per request at a fixed 5,000 req/s (open loop): every proxy sees
+//!    the same arrival pattern, so this is the fairest cost comparison;
 //! 3. added latency (p50/p99) at a fixed 1,000 req/s;
 //! 4. resident memory idle and with 1,000 open streams;
 //! 5. time to the first server-sent event, versus a direct call;
@@ -56,7 +59,15 @@ const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
 const STREAMS: usize = 1000;
 
+#[path = "cost/floor.rs"]
+mod floor;
+
 fn main() {
+    // The floor proxy's own process (started by `setup`, pinned to CPU 0).
+    if let Ok(spec) = std::env::var(floor::ENV) {
+        floor::run(&spec, KEY);
+        return;
+    }
     // Pin this process (load generators, stream upstream) to CPU 1 and give
     // it room for thousands of sockets, by re-executing under taskset.
     if std::env::var_os("SIDEKEY_BENCH_CHILD").is_none() {
@@ -88,11 +99,17 @@ struct Setup {
     upstream: Proc,
     sidekey: Proc,
     nginx: Proc,
+    /// The cheapest hyper proxy doing the same swap ([`floor`]).
+    floor: Proc,
     /// `https://127.0.0.1:P` of the upstream nginx.
     upstream_url: String,
     stream_url: String,
     sidekey_url: String,
     nginx_url: String,
+    floor_url: String,
+    /// Through sidekey on a route with a fallback key and a model
+    /// allowlist: the body is read, checked and kept for a retry.
+    fallback_url: String,
     /// `ws://127.0.0.1:P/ws/...` through sidekey to a WebSocket upstream.
     ws_url: String,
 }
@@ -133,22 +150,38 @@ async fn run(secs: Duration) {
     );
     for logs in [false, true] {
         set_logging(&mut s, logs);
-        for url in [&s.sidekey_url, &s.nginx_url] {
+        let on = if logs { "on" } else { "off" };
+        // With logs on only the two proxies that have them; the floor logs
+        // nothing and the fallback route is about the body, not the log.
+        let mut rows = vec![
+            (format!("sidekey (logs {on})"), &s.sidekey_url, &s.sidekey),
+            (format!("nginx (logs {on})"), &s.nginx_url, &s.nginx),
+        ];
+        if !logs {
+            rows.push(("hyper floor".to_owned(), &s.floor_url, &s.floor));
+            rows.push((
+                "sidekey fallback+models".to_owned(),
+                &s.fallback_url,
+                &s.sidekey,
+            ));
+        }
+        for (_, url, _) in &rows {
             let _ = wrk(url, Duration::from_secs(1), None).await;
         }
-        let mut rounds: [Vec<WrkResult>; 2] = [Vec::new(), Vec::new()];
+        // Three rounds, the proxies alternating within each.
+        let mut rounds: Vec<Vec<WrkResult>> = rows.iter().map(|_| Vec::new()).collect();
         for _ in 0..3 {
-            rounds[0].push(wrk(&s.sidekey_url, secs, Some(&s.sidekey)).await);
-            rounds[1].push(wrk(&s.nginx_url, secs, Some(&s.nginx)).await);
+            for (i, (_, url, proc)) in rows.iter().enumerate() {
+                rounds[i].push(wrk(url, secs, Some(proc)).await);
+            }
         }
-        for (name, mut r) in ["sidekey", "nginx"].into_iter().zip(rounds) {
+        for ((label, _, _), mut r) in rows.iter().zip(rounds) {
             r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             let mid = &r[1];
             let mut cpu: Vec<f64> = r.iter().filter_map(|x| x.cpu_us_per_req).collect();
             cpu.sort_by(f64::total_cmp);
-            let label = format!("{name} (logs {})", if logs { "on" } else { "off" });
             println!(
-                "   {label:<22} {:>12.0} {:>14.1} {:>12} {:>12}",
+                "   {label:<24} {:>10.0} {:>14.1} {:>12} {:>12}",
                 mid.rps,
                 cpu.get(1).copied().unwrap_or(f64::NAN),
                 mid.p50,
@@ -166,6 +199,8 @@ async fn run(secs: Duration) {
     for (name, url, proc) in [
         ("sidekey", &s.sidekey_url, &s.sidekey),
         ("nginx", &s.nginx_url, &s.nginx),
+        ("hyper floor", &s.floor_url, &s.floor),
+        ("sidekey fallback+models", &s.fallback_url, &s.sidekey),
     ] {
         let r = fixed_rate(url, secs, 5000, 64, Some(proc)).await;
         println!(
@@ -272,7 +307,9 @@ async fn setup() -> Setup {
             "listen = \"127.0.0.1:{sk_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nca_file = \"{ca}\"\n\
              [routes.openai]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\nkey = \"path::{key}\"\n\
              [routes.stream]\ntype = \"openai\"\nupstream = \"{stream_url}\"\nkey = \"path::{key}\"\n\
-             [routes.ws]\ntype = \"openai\"\nupstream = \"http://{ws_addr}\"\nkey = \"path::{key}\"\n",
+             [routes.ws]\ntype = \"openai\"\nupstream = \"http://{ws_addr}\"\nkey = \"path::{key}\"\n\
+             [routes.fallback]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\n\
+             key = {{ default = \"path::{key}\", fallback = \"path::{key}\" }}\nmodels = [\"gpt-4o-mini\"]\n",
             ca = d.join("ca.pem").display(),
             key = d.join("openai-key").display(),
         ),
@@ -287,18 +324,43 @@ async fn setup() -> Setup {
         &proxy_conf(d, ng_port, up_port, stream_addr, false),
     );
 
+    let floor_port = free_port();
+    let floor = Proc {
+        child: Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(std::env::current_exe().unwrap())
+            .env(
+                floor::ENV,
+                format!("{floor_port} {up_port} {}", d.join("ca.pem").display()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        dir: d.to_path_buf(),
+    };
+
     let s = Setup {
         _dir: dir,
         upstream,
         sidekey,
         nginx: nginx_proxy,
+        floor,
         upstream_url: format!("https://localhost:{up_port}/v1/chat/completions"),
         stream_url: format!("{stream_url}/v1/chat/completions"),
         sidekey_url: format!("http://127.0.0.1:{sk_port}/openai/v1/chat/completions"),
         nginx_url: format!("http://127.0.0.1:{ng_port}/openai/v1/chat/completions"),
+        floor_url: format!("http://127.0.0.1:{floor_port}/openai/v1/chat/completions"),
+        fallback_url: format!("http://127.0.0.1:{sk_port}/fallback/v1/chat/completions"),
         ws_url: format!("ws://127.0.0.1:{sk_port}/ws/v1/realtime?model=gpt-realtime"),
     };
-    for url in [&s.upstream_url, &s.sidekey_url, &s.nginx_url] {
+    for url in [
+        &s.upstream_url,
+        &s.sidekey_url,
+        &s.nginx_url,
+        &s.floor_url,
+        &s.fallback_url,
+    ] {
         wait_ok(url, s._dir.path()).await;
     }
     s
