@@ -58,6 +58,18 @@ const KEY: &str = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz";
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi"}]}"#;
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
 const STREAMS: usize = 1000;
+/// The client credential headers both nginx and the floor clear, besides
+/// `Authorization`, which they overwrite (sidekey strips these and more).
+const CLIENT_CREDENTIALS: [&str; 8] = [
+    "Proxy-Authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+    "x-sidekey-token",
+];
 
 #[path = "cost/floor.rs"]
 mod floor;
@@ -519,18 +531,7 @@ fn proxy_conf(dir: &Path, port: u16, up_port: u16, stream: SocketAddr, logs: boo
     } else {
         "access_log off;".to_owned()
     };
-    let strip = [
-        "Proxy-Authorization",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "x-amz-date",
-        "x-amz-security-token",
-        "x-amz-content-sha256",
-        "x-sidekey-token",
-    ]
-    .iter()
-    .fold(String::new(), |mut s, h| {
+    let strip = CLIENT_CREDENTIALS.iter().fold(String::new(), |mut s, h| {
         let _ = writeln!(s, "        proxy_set_header {h} \"\";");
         s
     });

@@ -25,19 +25,6 @@ use tokio::sync::Mutex;
 /// Set (to "LISTEN_PORT UPSTREAM_PORT CA_PEM") in the floor's process.
 pub(crate) const ENV: &str = "SIDEKEY_BENCH_FLOOR";
 
-/// The headers nginx's configuration clears (besides `Authorization`).
-const STRIP: [&str; 9] = [
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-    "x-sidekey-token",
-    "keep-alive",
-];
-
 /// Runs the floor proxy until killed.
 pub(crate) fn run(spec: &str, key: &str) {
     let mut it = spec.split(' ');
@@ -89,10 +76,11 @@ async fn forward(
 ) -> Result<Response<Incoming>, hyper::Error> {
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
-    for name in STRIP {
+    for name in super::CLIENT_CREDENTIALS {
         h.remove(name);
     }
     h.remove(CONNECTION);
+    h.remove("keep-alive");
     h.insert(AUTHORIZATION, auth);
     h.insert(HOST, host);
     let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
