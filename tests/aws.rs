@@ -59,6 +59,20 @@ fn env(vars: &[(&str, &str)]) -> MapEnv {
     MapEnv::new(vars.iter().copied())
 }
 
+/// Static credentials in the environment (with `AWS_SESSION_TOKEN` or
+/// not), and no instance metadata.
+fn env_credentials(session_token: bool) -> MapEnv {
+    let mut vars = vec![
+        ("AWS_ACCESS_KEY_ID", AKID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    if session_token {
+        vars.push(("AWS_SESSION_TOKEN", SESSION_TOKEN));
+    }
+    env(&vars)
+}
+
 /// A bedrock route `bedrock` with `region = us-east-1` to the runtime mock.
 fn bedrock_route(runtime: &Runtime, extra: &str) -> String {
     aws::route(
@@ -219,12 +233,7 @@ async fn boto3_bedrock_calls_through_sidekey_are_signed_with_the_environment_cre
     let sidekey = start_in(
         dir.path(),
         &bedrock_route(&runtime, ""),
-        env(&[
-            ("AWS_ACCESS_KEY_ID", AKID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET),
-            ("AWS_SESSION_TOKEN", SESSION_TOKEN),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]),
+        env_credentials(true),
     )
     .await;
     let endpoint = sidekey.url("/bedrock");
@@ -285,16 +294,7 @@ async fn boto3_sagemaker_invoke_endpoint_is_signed_for_sagemaker_without_a_sessi
         runtime.url(),
         &format!("region = \"{REGION}\"\n"),
     );
-    let sidekey = start_in(
-        dir.path(),
-        &config,
-        env(&[
-            ("AWS_ACCESS_KEY_ID", AKID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]),
-    )
-    .await;
+    let sidekey = start_in(dir.path(), &config, env_credentials(false)).await;
     // The client sends a dummy session token; with long-term keys nothing
     // of it may reach the provider.
     let out = boto3("sagemaker-invoke", &sidekey.url("/sagemaker"), None).await;
@@ -324,12 +324,7 @@ async fn a_raw_request_with_a_query_string_and_a_session_token_is_signed_over_wh
     let sidekey = start_in(
         dir.path(),
         &bedrock_route(&runtime, ""),
-        env(&[
-            ("AWS_ACCESS_KEY_ID", AKID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET),
-            ("AWS_SESSION_TOKEN", SESSION_TOKEN),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]),
+        env_credentials(true),
     )
     .await;
     // Unsorted parameters and an escape: the canonical query string sorts
@@ -360,11 +355,7 @@ async fn converse_stream_frames_reach_the_client_as_the_mock_sends_them() {
     let sidekey = start_in(
         dir.path(),
         &bedrock_route(&runtime, ""),
-        env(&[
-            ("AWS_ACCESS_KEY_ID", AKID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]),
+        env_credentials(false),
     )
     .await;
     let req = client::request(
@@ -910,11 +901,7 @@ async fn a_bedrock_api_key_is_sent_as_bearer_without_signing_and_rotates() {
     let sidekey = start_in(
         dir.path(),
         &bedrock_route(&runtime, &extra),
-        env(&[
-            ("AWS_ACCESS_KEY_ID", AKID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]),
+        env_credentials(false),
     )
     .await;
     assert_ok(&converse_raw(&sidekey, "bedrock", "").await);
@@ -973,11 +960,7 @@ async fn the_model_allowlist_reads_bedrock_model_ids_and_encoded_arns() {
     let sidekey = start_in(
         dir.path(),
         &bedrock_route(&runtime, &extra),
-        env(&[
-            ("AWS_ACCESS_KEY_ID", AKID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]),
+        env_credentials(false),
     )
     .await;
     assert_ok(&converse_raw(&sidekey, "bedrock", "").await);

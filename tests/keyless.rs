@@ -284,6 +284,21 @@ fn assert_bearer_only(requests: &[Recorded], entra: &Entra, kind: &str) {
     }
 }
 
+/// `sidekey_token_source_info{route, source}` is 1.
+async fn assert_token_source(sidekey: &Running, route: &str, source: &str) {
+    assert_eq!(
+        metric(
+            sidekey,
+            "sidekey_token_source_info",
+            &[("route", route), ("source", source)]
+        )
+        .await,
+        Some(1.0),
+        "{route} {source}:\n{}",
+        metrics_text(sidekey).await
+    );
+}
+
 /// The workload-identity grant, field by field.
 fn assert_workload_grant(g: &Grant, assertion: &str) {
     assert_eq!(g.kind, WORKLOAD_IDENTITY);
@@ -555,17 +570,7 @@ async fn azure_openai_sdk_through_sidekey_for_each_azure_identity() {
             AzureKind::Secret => assert_secret_grant(&grants[0], SECRET_1),
             AzureKind::Managed(id) => assert_imds_grant(&grants[0], id),
         }
-        assert_eq!(
-            metric(
-                &s.sidekey,
-                "sidekey_token_source_info",
-                &[("route", "azure"), ("source", kind.source())]
-            )
-            .await,
-            Some(1.0),
-            "{kind:?}:\n{}",
-            metrics_text(&s.sidekey).await
-        );
+        assert_token_source(&s.sidekey, "azure", kind.source()).await;
         drop(s.token_mock);
     }
 }
@@ -1245,17 +1250,7 @@ async fn google_genai_through_sidekey_for_external_account_and_authorized_user()
                 assert_refresh_form(&grants[0], user);
             }
         }
-        assert_eq!(
-            metric(
-                &s.sidekey,
-                "sidekey_token_source_info",
-                &[("route", "vertex"), ("source", kind.source())]
-            )
-            .await,
-            Some(1.0),
-            "{kind:?}:\n{}",
-            metrics_text(&s.sidekey).await
-        );
+        assert_token_source(&s.sidekey, "vertex", kind.source()).await;
         drop(s.token_mock);
     }
 }

@@ -27,12 +27,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 const REAL: &str = "sk-real-key";
 
-fn bearer_real(s: &Seen) -> Result<(), u16> {
-    if s.header("authorization") == Some(&format!("Bearer {REAL}")) {
-        Ok(())
-    } else {
-        Err(401)
-    }
+/// The mock's rule: the route's real key, as a Bearer token.
+fn bearer_real() -> impl Fn(&Seen) -> Result<(), u16> + Send + Sync + 'static {
+    ws::requires("authorization", format!("Bearer {REAL}"), 401)
 }
 
 /// sidekey with an `openai` route to `mock`, plus `extra` config.
@@ -55,7 +52,7 @@ fn ws_url(sk: &Running, path: &str) -> String {
 async fn handshake_carries_the_route_key_and_bytes_go_through_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
 
     let url = ws_url(&sk, "/openai/v1/realtime?model=gpt-realtime&key=client-key");
@@ -135,7 +132,7 @@ async fn handshake_carries_the_route_key_and_bytes_go_through_unchanged() {
 async fn closes_reach_the_other_side_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
     let url = ws_url(&sk, "/openai/v1/realtime?model=gpt-realtime");
 
@@ -169,7 +166,7 @@ async fn closes_reach_the_other_side_both_ways() {
 async fn web_pages_and_rebound_host_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let sk = sidekey(
         dir.path(),
         &pki,
@@ -229,7 +226,7 @@ fn assert_refused(resp: &Resp, code: &str) {
 async fn a_browser_key_subprotocol_is_stripped_and_the_others_kept() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
     let url = ws_url(&sk, "/openai/v1/realtime?model=gpt-realtime");
     let protocols = "realtime, openai-insecure-api-key.sk-dummy, openai-beta.realtime-v1";
@@ -245,10 +242,7 @@ async fn a_browser_key_subprotocol_is_stripped_and_the_others_kept() {
         seen.header("authorization").unwrap(),
         format!("Bearer {REAL}")
     );
-    c.send(Message::text("hi")).await.unwrap();
-    assert_eq!(next(&mut c).await, Some(Message::text("hi")));
-    c.close(None).await.unwrap();
-    assert!(ws::ended(&mut c).await);
+    ws::echo_then_close(&mut c).await;
     sk.stop().await;
     mock.join();
 }
@@ -257,7 +251,7 @@ async fn a_browser_key_subprotocol_is_stripped_and_the_others_kept() {
 async fn a_handshake_rejected_for_its_key_falls_back_to_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let toml = format!(
         "ca_file = \"{ca}\"\n\
          [routes.openai]\ntype = \"openai\"\nupstream = \"{up}\"\n\
@@ -277,10 +271,7 @@ async fn a_handshake_rejected_for_its_key_falls_back_to_the_next() {
         seen[1].header("authorization").unwrap(),
         format!("Bearer {REAL}")
     );
-    c.send(Message::text("hi")).await.unwrap();
-    assert_eq!(next(&mut c).await, Some(Message::text("hi")));
-    c.close(None).await.unwrap();
-    assert!(ws::ended(&mut c).await);
+    ws::echo_then_close(&mut c).await;
     sk.stop().await;
     mock.join();
 }
@@ -289,7 +280,7 @@ async fn a_handshake_rejected_for_its_key_falls_back_to_the_next() {
 async fn the_model_allowlist_applies_to_handshakes() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let toml = format!(
         "ca_file = \"{ca}\"\n\
          [routes.openai]\ntype = \"openai\"\nupstream = \"{up}\"\nkey = \"env::OPENAI_API_KEY\"\n\
@@ -341,7 +332,7 @@ async fn the_model_allowlist_applies_to_handshakes() {
 async fn an_idle_socket_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let sk = sidekey(
         dir.path(),
         &pki,
@@ -368,7 +359,7 @@ async fn an_idle_socket_is_closed() {
 async fn shutdown_gives_sockets_the_grace_period_then_closes_them() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let mut sk = sidekey(
         dir.path(),
         &pki,
@@ -399,7 +390,7 @@ async fn shutdown_gives_sockets_the_grace_period_then_closes_them() {
 async fn sigterm_to_the_binary_gives_open_sockets_the_grace_period_then_closes_them() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let config = dir.path().join("sidekey.toml");
     std::fs::write(
         &config,
@@ -442,7 +433,7 @@ async fn sigterm_to_the_binary_gives_open_sockets_the_grace_period_then_closes_t
 async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real).await;
+    let mock = WsMock::start(&pki, bearer_real()).await;
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
     let script =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/websocket/openai_ws.py");
@@ -482,14 +473,7 @@ async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key(
 async fn an_azure_realtime_handshake_names_its_deployment_in_the_query() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, |s| {
-        if s.header("api-key") == Some("real-azure") {
-            Ok(())
-        } else {
-            Err(401)
-        }
-    })
-    .await;
+    let mock = WsMock::start(&pki, ws::requires("api-key", "real-azure", 401)).await;
     let toml = format!(
         "ca_file = \"{ca}\"\n\
          [routes.azure]\ntype = \"azure\"\nmodels = [\"gpt-realtime\", \"gpt-4o\"]\n\
@@ -513,10 +497,7 @@ async fn an_azure_realtime_handshake_names_its_deployment_in_the_query() {
         seen.path_and_query,
         "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime"
     );
-    c.send(Message::text("hi")).await.unwrap();
-    assert_eq!(next(&mut c).await, Some(Message::text("hi")));
-    c.close(None).await.unwrap();
-    assert!(ws::ended(&mut c).await);
+    ws::echo_then_close(&mut c).await;
 
     let (status, body) = ws::connect(
         &ws_url(&sk, "/azure/openai/realtime?api-version=x&deployment=nope"),

@@ -23,7 +23,7 @@ use std::time::Duration;
 use common::kubelet::SecretVolume;
 use common::sidekey::{Running, start_in};
 use common::tls::TestPki;
-use common::ws::{Seen, WsMock};
+use common::ws::{self, Seen, WsMock};
 use futures_util::SinkExt as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -339,14 +339,7 @@ async fn google_genai_live_works_through_the_tls_listener_with_a_dummy_key() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
     let volume = SecretVolume::create(&dir.path().join("tls"), &leaf_files(&pki));
-    let mock = WsMock::start(&pki, |s: &Seen| {
-        if s.header("x-goog-api-key") == Some("real-gemini") {
-            Ok(())
-        } else {
-            Err(403)
-        }
-    })
-    .await;
+    let mock = WsMock::start(&pki, ws::requires("x-goog-api-key", "real-gemini", 403)).await;
     let toml = format!(
         "ca_file = \"{ca}\"\n{tls}\n\
          [routes.gemini]\ntype = \"gemini\"\nupstream = \"{up}\"\nkey = \"env::GEMINI_KEY\"\n",
@@ -390,14 +383,7 @@ async fn an_azure_openai_realtime_handshake_works_through_the_tls_listener() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
     let volume = SecretVolume::create(&dir.path().join("tls"), &leaf_files(&pki));
-    let mock = WsMock::start(&pki, |s: &Seen| {
-        if s.header("api-key") == Some("real-azure") {
-            Ok(())
-        } else {
-            Err(401)
-        }
-    })
-    .await;
+    let mock = WsMock::start(&pki, ws::requires("api-key", "real-azure", 401)).await;
     let toml = format!(
         "ca_file = \"{ca}\"\n{tls}\n\
          [routes.azure]\ntype = \"azure\"\n\

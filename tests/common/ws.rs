@@ -247,6 +247,32 @@ pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Client, (u16
     }
 }
 
+/// A mock's rule: the handshake must carry `name: value`, or is answered
+/// `status`.
+pub fn requires(
+    name: &'static str,
+    value: impl Into<String>,
+    status: u16,
+) -> impl Fn(&Seen) -> Result<(), u16> + Send + Sync + 'static {
+    let value = value.into();
+    move |s: &Seen| {
+        if s.header(name) == Some(value.as_str()) {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    }
+}
+
+/// Sends a text message, which the mock echoes; closes; and checks that
+/// the echo came back and the socket then ended.
+pub async fn echo_then_close(ws: &mut Client) {
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(ws).await, Some(Message::text("hi")));
+    ws.close(None).await.unwrap();
+    assert!(ended(ws).await);
+}
+
 /// The next message, within 10 s.
 pub async fn next(ws: &mut Client) -> Option<Message> {
     tokio::time::timeout(Duration::from_secs(10), ws.next())
