@@ -32,6 +32,20 @@ fn bearer_real() -> impl Fn(&Seen) -> Result<(), u16> + Send + Sync + 'static {
     ws::requires("authorization", format!("Bearer {REAL}"), 401)
 }
 
+/// A temp dir, its test PKI, and a mock provider that wants the real key.
+struct Setup {
+    dir: tempfile::TempDir,
+    pki: TestPki,
+    mock: WsMock,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let mock = WsMock::start(&pki, bearer_real()).await;
+    Setup { dir, pki, mock }
+}
+
 /// sidekey with an `openai` route to `mock`, plus `extra` config.
 async fn sidekey(dir: &std::path::Path, pki: &TestPki, mock: &WsMock, extra: &str) -> Running {
     let toml = format!(
@@ -50,9 +64,7 @@ fn ws_url(sk: &Running, path: &str) -> String {
 
 #[tokio::test]
 async fn handshake_carries_the_route_key_and_bytes_go_through_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
 
     let url = ws_url(&sk, "/openai/v1/realtime?model=gpt-realtime&key=client-key");
@@ -130,9 +142,7 @@ async fn handshake_carries_the_route_key_and_bytes_go_through_unchanged() {
 
 #[tokio::test]
 async fn closes_reach_the_other_side_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
     let url = ws_url(&sk, "/openai/v1/realtime?model=gpt-realtime");
 
@@ -164,9 +174,7 @@ async fn closes_reach_the_other_side_both_ways() {
 
 #[tokio::test]
 async fn web_pages_and_rebound_host_names_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let sk = sidekey(
         dir.path(),
         &pki,
@@ -224,9 +232,7 @@ fn assert_refused(resp: &Resp, code: &str) {
 
 #[tokio::test]
 async fn a_browser_key_subprotocol_is_stripped_and_the_others_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
     let url = ws_url(&sk, "/openai/v1/realtime?model=gpt-realtime");
     let protocols = "realtime, openai-insecure-api-key.sk-dummy, openai-beta.realtime-v1";
@@ -249,9 +255,7 @@ async fn a_browser_key_subprotocol_is_stripped_and_the_others_kept() {
 
 #[tokio::test]
 async fn a_handshake_rejected_for_its_key_falls_back_to_the_next() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let toml = format!(
         "ca_file = \"{ca}\"\n\
          [routes.openai]\ntype = \"openai\"\nupstream = \"{up}\"\n\
@@ -278,9 +282,7 @@ async fn a_handshake_rejected_for_its_key_falls_back_to_the_next() {
 
 #[tokio::test]
 async fn the_model_allowlist_applies_to_handshakes() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let toml = format!(
         "ca_file = \"{ca}\"\n\
          [routes.openai]\ntype = \"openai\"\nupstream = \"{up}\"\nkey = \"env::OPENAI_API_KEY\"\n\
@@ -330,9 +332,7 @@ async fn the_model_allowlist_applies_to_handshakes() {
 
 #[tokio::test]
 async fn an_idle_socket_is_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let sk = sidekey(
         dir.path(),
         &pki,
@@ -357,9 +357,7 @@ async fn an_idle_socket_is_closed() {
 
 #[tokio::test]
 async fn shutdown_gives_sockets_the_grace_period_then_closes_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let mut sk = sidekey(
         dir.path(),
         &pki,
@@ -388,9 +386,7 @@ async fn shutdown_gives_sockets_the_grace_period_then_closes_them() {
 
 #[tokio::test]
 async fn sigterm_to_the_binary_gives_open_sockets_the_grace_period_then_closes_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let config = dir.path().join("sidekey.toml");
     std::fs::write(
         &config,
@@ -431,9 +427,7 @@ async fn sigterm_to_the_binary_gives_open_sockets_the_grace_period_then_closes_t
 
 #[tokio::test]
 async fn the_openai_sdk_realtime_and_responses_websockets_work_with_a_dummy_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let mock = WsMock::start(&pki, bearer_real()).await;
+    let Setup { dir, pki, mock } = setup().await;
     let sk = sidekey(dir.path(), &pki, &mock, "").await;
     let script =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/websocket/openai_ws.py");
