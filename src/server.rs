@@ -1,20 +1,22 @@
 //! Listeners and connections: accept, serve HTTP/1.1 and h2c, drain on shutdown.
 //!
 //! design.md, "Operations" → Shutdown. Each accepted socket gets TCP_NODELAY
-//! (server-sent events must not wait for Nagle) and is served by hyper-util's
-//! auto builder, which speaks HTTP/1.1 and prior-knowledge h2c on the same
-//! port. The HTTP/1 header-read timeout (slowloris guard, and idle timeout of
+//! (server-sent events must not wait for Nagle); its first bytes, peeked at,
+//! tell HTTP/1.1 from prior-knowledge h2c ([`first_bytes::sniff`]), and
+//! hyper's server for that protocol serves it directly on the socket. The
+//! HTTP/1 header-read timeout (slowloris guard, and idle timeout of
 //! keep-alive connections) needs a timer to take effect, so one is set. On
 //! shutdown: `/readyz` turns 503, new connections are still accepted for
 //! `shutdown.drain_delay`, then the listener closes and requests in flight
 //! and open WebSockets get up to `shutdown.grace_period` to finish; the
 //! WebSockets still open then are closed.
 //!
-//! The optional TLS listener (`tls_listen`) serves the same service through
-//! the same builder and the same drain: each accepted socket gets TCP_NODELAY,
-//! then a TLS handshake (bounded by `limits.header_read_timeout`) with the
-//! server config of the snapshot serving at that moment, so a rotated
-//! certificate reaches new connections.
+//! The optional TLS listener (`tls_listen`) serves the same service with the
+//! same settings and the same drain ([`drain`]): each accepted socket gets
+//! TCP_NODELAY, then a TLS handshake (bounded by `limits.header_read_timeout`)
+//! with the server config of the snapshot serving at that moment, so a
+//! rotated certificate reaches new connections; hyper-util's auto builder
+//! then tells the protocol from the decrypted bytes.
 //!
 //! Limits (design.md, "Operations"): both listeners share one budget of
 //! `limits.max_connections` places. The accept loop takes a place *before*
@@ -28,16 +30,16 @@
 //! its peer answers the keep-alive pings (it keeps its place), and closed
 //! when it stops answering.
 
+mod drain;
 mod first_bytes;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -45,7 +47,8 @@ use crate::metrics::{Limit, Metrics};
 use crate::proxy::conn::{Conn, Place};
 use crate::proxy::{self, websocket::Sockets};
 use crate::reload::Shared;
-use first_bytes::FirstBytes;
+use drain::Drain;
+use first_bytes::Protocol;
 
 /// Pause after a failed `accept` (for example, out of file descriptors), so
 /// the loop does not spin while the condition lasts.
@@ -115,6 +118,42 @@ impl Listeners {
     }
 }
 
+/// Serves one connection whose protocol is known, watched by `drain`.
+async fn serve_connection<I, S>(
+    io: I,
+    protocol: Protocol,
+    svc: S,
+    h1: &http1::Builder,
+    h2: &http2::Builder<TokioExecutor>,
+    drain: &Arc<Drain>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Clone,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let served = match protocol {
+        Protocol::Http1 => {
+            let conn = h1.serve_connection(io, svc).with_upgrades();
+            drain
+                .watch(conn, http1::UpgradeableConnection::graceful_shutdown)
+                .await
+        }
+        Protocol::Http2 => {
+            let conn = h2.serve_connection(io, svc);
+            drain
+                .watch(conn, http2::Connection::graceful_shutdown)
+                .await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
 /// Whether a listener is bound to a loopback address (the host check).
 fn is_loopback(l: &TcpListener) -> bool {
     l.local_addr().is_ok_and(|a| a.ip().is_loopback())
@@ -136,10 +175,8 @@ pub(crate) async fn serve_proxy(
         .unwrap_or(usize::MAX)
         .max(8192);
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         // The whole head must fit: 431 beyond it.
         .max_buf_size(max_header_bytes)
@@ -148,15 +185,14 @@ pub(crate) async fn serve_proxy(
         // writev. Bodies are small or streamed in small chunks, so the copy
         // costs less than the queue (measured with callgrind).
         .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
 
-    let graceful = GracefulShutdown::new();
-    // Upgraded connections leave hyper (and `graceful`): WebSockets are
+    let drain = Arc::new(Drain::default());
+    // Upgraded connections leave hyper (and the drain): WebSockets are
     // tracked here, for the grace period.
     let sockets = Arc::new(Sockets::default());
     // One service per connection: its requests share the connection's place.
@@ -168,24 +204,34 @@ pub(crate) async fn serve_proxy(
     let loopback = is_loopback(&listener);
     let tls_loopback = tls.as_ref().is_some_and(is_loopback);
 
-    let accept_one = |stream: TcpStream, place: Place| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-        let io = FirstBytes::new(stream, header_read_timeout);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service(loopback, place))
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+    let accept_one =
+        |stream: TcpStream, place: Place| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
-        });
-    };
+            let (h1, h2, drain) = (h1.clone(), h2.clone(), drain.clone());
+            let svc = service(loopback, place);
+            tokio::spawn(async move {
+                let protocol =
+                    match tokio::time::timeout(header_read_timeout, first_bytes::sniff(&stream))
+                        .await
+                    {
+                        Ok(Ok(Some(p))) => p,
+                        Ok(Ok(None)) => return,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "connection failed before its first byte");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("no request within limits.header_read_timeout");
+                            return;
+                        }
+                    };
+                serve_connection(TokioIo::new(stream), protocol, svc, &h1, &h2, &drain).await;
+            });
+        };
     // A TLS connection: the handshake runs in its own task, with the server
-    // config of the snapshot serving now; the connection is watched by the
-    // drain from accept on.
+    // config of the snapshot serving now; ALPN says the protocol.
     let accept_tls_one = |stream: TcpStream, place: Place| {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
@@ -194,9 +240,8 @@ pub(crate) async fn serve_proxy(
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let builder = builder.clone();
+        let (h1, h2, drain) = (h1.clone(), h2.clone(), drain.clone());
         let svc = service(tls_loopback, place);
-        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let stream =
                 match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
@@ -210,13 +255,12 @@ pub(crate) async fn serve_proxy(
                         return;
                     }
                 };
-            let io = FirstBytes::new(stream, header_read_timeout);
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            serve_connection(TokioIo::new(stream), protocol, svc, &h1, &h2, &drain).await;
         });
     };
 
@@ -263,10 +307,10 @@ pub(crate) async fn serve_proxy(
     }
     drop(listeners);
 
-    let open = graceful.count();
+    let open = drain.count();
     let websockets = sockets.open();
     let drained = async {
-        graceful.shutdown().await;
+        drain.shutdown().await;
         sockets.closed().await;
     };
     tokio::select! {

@@ -1,51 +1,26 @@
-//! A deadline on a connection's first bytes.
+//! A connection's first bytes: which protocol it speaks, by a deadline.
 //!
-//! hyper-util's auto builder reads the first bytes of a connection to tell
-//! HTTP/1 from HTTP/2 (the 24-byte prior-knowledge preface) and has no timer
-//! for it: a client that sends nothing, or half the preface, would hold its
-//! socket (and its place in `limits.max_connections`) forever. [`FirstBytes`]
-//! fails the connection's reads once `limits.header_read_timeout` has passed
-//! and the protocol is still not known. Once it is (a byte that leaves the
-//! preface, or the whole preface), the timer is dropped and reads pass
-//! straight through: HTTP/1 has hyper's own header-read timer from there, and
-//! HTTP/2 its keep-alive pings.
+//! A client that sends nothing, or half the HTTP/2 prior-knowledge preface,
+//! must not hold its socket (and its place in `limits.max_connections`)
+//! forever: the protocol has to be known within
+//! `limits.header_read_timeout`. It is known once the bytes leave the
+//! 24-byte preface (HTTP/1) or complete it (HTTP/2); from there HTTP/1 has
+//! hyper's own header-read timer and HTTP/2 its keep-alive pings.
+//!
+//! [`sniff`] *peeks* at the socket (`MSG_PEEK`): the bytes stay for hyper,
+//! which then serves the connection with its HTTP/1 or HTTP/2 server
+//! directly, with no layer between it and the socket on every read (the
+//! auto builder of hyper-util reads them itself, then replays them through
+//! a wrapper on every read, and has no deadline). A TLS connection says its
+//! protocol by ALPN instead.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 /// What an HTTP/2 prior-knowledge connection sends first (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-pin_project_lite::pin_project! {
-    /// An IO whose reads fail once the deadline passes before the protocol
-    /// is known.
-    #[derive(Debug)]
-    pub(super) struct FirstBytes<S> {
-        #[pin]
-        io: S,
-        // `None` once the protocol is known. Boxed: an upgraded connection
-        // (a WebSocket) must be `Unpin`.
-        deadline: Option<Pin<Box<Sleep>>>,
-        // Bytes read so far, while the deadline is armed.
-        seen: usize,
-    }
-}
-
-impl<S> FirstBytes<S> {
-    /// `io`, whose protocol must be known within `timeout`.
-    pub(super) fn new(io: S, timeout: Duration) -> Self {
-        Self {
-            io,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
-            seen: 0,
-        }
-    }
-}
 
 /// Whether `seen` bytes matching the preface, followed by `new`, are enough
 /// to tell the protocol: they leave the preface, or complete it.
@@ -55,65 +30,55 @@ fn known(seen: usize, new: &[u8]) -> bool {
     new.get(..n) != rest.get(..n) || seen + new.len() >= PREFACE.len()
 }
 
-/// The deadline passed before the protocol was known.
-fn timed_out() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "no request within limits.header_read_timeout",
-    )
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    Http1,
+    /// Prior-knowledge h2c.
+    Http2,
 }
 
-impl<S: AsyncRead> AsyncRead for FirstBytes<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let Some(sleep) = this.deadline.as_mut() else {
-            return this.io.poll_read(cx, buf);
-        };
-        if sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(timed_out()));
-        }
-        let before = buf.filled().len();
-        ready!(this.io.poll_read(cx, buf))?;
-        let new = buf.filled().get(before..).unwrap_or_default();
-        if !new.is_empty() && known(*this.seen, new) {
-            *this.deadline = None;
-        }
-        *this.seen += new.len();
-        Poll::Ready(Ok(()))
+/// The protocol `seen` (the first bytes, as many as have come) shows, if
+/// it shows one yet.
+fn protocol(seen: &[u8]) -> Option<Protocol> {
+    if !known(0, seen) {
+        return None;
     }
+    Some(if seen.starts_with(PREFACE) {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    })
 }
 
-impl<S: AsyncWrite> AsyncWrite for FirstBytes<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+/// Which protocol a plain connection speaks, from its first bytes, peeked
+/// at so they stay in the socket; `None` when the client closes first. The
+/// caller bounds the wait (`limits.header_read_timeout`). While the bytes
+/// that came are a part of the preface, it waits for more without spinning:
+/// a peek that tells nothing clears the socket's readiness, as a read that
+/// finds nothing would.
+///
+/// # Errors
+///
+/// The socket's error.
+pub(super) async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let (n, _) = rustix::net::recv(stream, &mut buf[..], rustix::net::RecvFlags::PEEK)?;
+            let seen = buf.get(..n).unwrap_or_default();
+            match protocol(seen) {
+                Some(p) => Ok(Some(p)),
+                None if n == 0 => Ok(None),
+                // Part of the preface: wait for the rest.
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        });
+        match peeked {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
     }
 }
 
@@ -135,28 +100,49 @@ mod tests {
         assert!(known(20, b"\r\n\r\nextra"));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_or_half_preface_connection_fails_at_the_deadline() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut io = Box::pin(FirstBytes::new(server, Duration::from_secs(10)));
-        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(io.read(&mut buf).await.unwrap(), 16);
-        let err = io.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    #[test]
+    fn the_protocol_is_told_from_the_first_bytes() {
+        assert_eq!(protocol(b""), None);
+        assert_eq!(protocol(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(protocol(b"P"), None);
+        assert_eq!(protocol(b"POST"), Some(Protocol::Http1));
+        assert_eq!(protocol(b"GET "), Some(Protocol::Http1));
+        assert_eq!(protocol(PREFACE), Some(Protocol::Http2));
+    }
 
-        // Once the protocol is known, silence is someone else's business.
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut io = Box::pin(FirstBytes::new(server, Duration::from_secs(10)));
-        client.write_all(b"GET").await.unwrap();
-        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
-        let late = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            client.write_all(b" /").await.unwrap();
-            client
-        });
-        assert_eq!(io.read(&mut buf).await.unwrap(), 2);
-        drop(late.await.unwrap());
+    #[tokio::test]
+    async fn sniffing_peeks_and_waits_for_the_rest_of_a_split_preface() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        {
+            let sniffing = sniff(&server);
+            tokio::pin!(sniffing);
+            // Half the preface tells nothing: still waiting, not spinning.
+            let waited =
+                tokio::time::timeout(std::time::Duration::from_millis(50), sniffing.as_mut()).await;
+            assert!(waited.is_err(), "{waited:?}");
+            client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+            assert_eq!(sniffing.await.unwrap(), Some(Protocol::Http2));
+        }
+        // The bytes are still there for hyper.
+        let mut buf = [0u8; 24];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, PREFACE);
+
+        drop(client);
+        let (server2, _) = {
+            let c = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let accepted = listener.accept().await.unwrap();
+            drop(c);
+            accepted
+        };
+        assert_eq!(sniff(&server2).await.unwrap(), None, "closed before a byte");
     }
 }
