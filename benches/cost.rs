@@ -12,7 +12,8 @@
 //! 2. CPU per request at a fixed 5,000 req/s (open loop): every proxy sees
 //!    the same arrival pattern, so this is the fairest cost comparison;
 //! 3. added latency (p50/p99) at a fixed 1,000 req/s;
-//! 4. resident memory idle and with 1,000 open streams;
+//! 4. resident memory at start, idle after the load above (upstream
+//!    connections kept warm), and with 1,000 open streams;
 //! 5. time to the first server-sent event, versus a direct call;
 //! 6. 1,000 open idle WebSockets through sidekey: its RSS and CPU.
 //!
@@ -142,6 +143,8 @@ async fn run(secs: Duration) {
         }
     }
     let mut s = setup().await;
+    // Before any request: what a pod pays for an idle sidecar.
+    let at_start = [s.sidekey.rss_mib(), s.nginx.rss_mib()];
     println!(
         "sidekey cost benchmark: {}s per measurement, proxies pinned to CPU 0, one worker each\n",
         secs.as_secs()
@@ -244,18 +247,23 @@ async fn run(secs: Duration) {
 
     println!("\n4. Resident memory");
     println!(
-        "   {:<22} {:>10} {:>22}",
+        "   {:<22} {:>10} {:>18} {:>22}",
         "",
-        "idle MiB",
+        "start MiB",
+        "idle after load",
         &format!("{STREAMS} open streams MiB")
     );
-    for (name, url, proc) in [
+    for ((name, url, proc), start) in [
         ("sidekey", &s.sidekey_url, &s.sidekey),
         ("nginx", &s.nginx_url, &s.nginx),
-    ] {
+    ]
+    .into_iter()
+    .zip(at_start)
+    {
+        // After sections 1-3: upstream connections kept warm for reuse.
         let idle = proc.rss_mib();
         let busy = open_streams(url, STREAMS, proc).await;
-        println!("   {name:<22} {idle:>10.1} {busy:>22.1}");
+        println!("   {name:<22} {start:>10.1} {idle:>18.1} {busy:>22.1}");
     }
 
     println!("\n5. Time to the first server-sent event (200 sequential streams)");
