@@ -52,11 +52,13 @@ fn protocol(seen: &[u8]) -> Option<Protocol> {
 }
 
 /// Which protocol a plain connection speaks, from its first bytes, peeked
-/// at so they stay in the socket; `None` when the client closes first. The
-/// caller bounds the wait (`limits.header_read_timeout`). While the bytes
-/// that came are a part of the preface, it waits for more without spinning:
-/// a peek that tells nothing clears the socket's readiness, as a read that
-/// finds nothing would.
+/// at so they stay in the socket; `None` when the client closes (or stops
+/// sending) before they tell. The caller bounds the wait
+/// (`limits.header_read_timeout`). While the bytes that came are a part of
+/// the preface, it waits for more without spinning: a peek that tells
+/// nothing clears the socket's readiness, as a read that finds nothing
+/// would; and a client that has shut its side after part of the preface
+/// (a readiness that stays set) can never finish it.
 ///
 /// # Errors
 ///
@@ -64,7 +66,7 @@ fn protocol(seen: &[u8]) -> Option<Protocol> {
 pub(super) async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
     let mut buf = [0u8; PREFACE.len()];
     loop {
-        stream.readable().await?;
+        let ready = stream.ready(Interest::READABLE).await?;
         let peeked = stream.try_io(Interest::READABLE, || {
             let (n, _) = rustix::net::recv(stream, &mut buf[..], rustix::net::RecvFlags::PEEK)?;
             let seen = buf.get(..n).unwrap_or_default();
@@ -76,6 +78,9 @@ pub(super) async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
             }
         });
         match peeked {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && ready.is_read_closed() => {
+                return Ok(None);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             other => return other,
         }
@@ -144,5 +149,17 @@ mod tests {
             accepted
         };
         assert_eq!(sniff(&server2).await.unwrap(), None, "closed before a byte");
+
+        // Part of the preface, then the client's side shut: never finished,
+        // and no spinning on a readiness that stays set.
+        let mut c = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server3, _) = listener.accept().await.unwrap();
+        c.write_all(b"PRI").await.unwrap();
+        c.shutdown().await.unwrap();
+        let sniffed =
+            tokio::time::timeout(std::time::Duration::from_secs(5), sniff(&server3)).await;
+        assert_eq!(sniffed.unwrap().unwrap(), None);
     }
 }
