@@ -267,31 +267,26 @@ impl<'a> Exchange<'a> {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         if let Some((signer, keys)) = signing {
-            signer
-                .sign(&mut req, &keys, SystemTime::now())
-                .map_err(|e| ProxyError::Internal(format!("route {}: {e}", self.route.name)))?;
+            sign(self.route, signer, &mut req, &keys)?;
         }
         let timeout = self.limits.request_timeout;
         let (mut response, lane) =
             super::forward::send(self.route, self.host, req, timeout).await?;
         let rejects = self.route.spec.rejects;
         let mut prefix = VecDeque::new();
-        let body = if rejects.needs_body(response.status()) {
-            // Bounded in size and time; what was read goes to the client.
-            let read =
-                tokio::time::timeout(timeout, peek(response.body_mut(), PEEK_LIMIT, &mut prefix))
-                    .await;
-            let encoding = response.headers().get(http::header::CONTENT_ENCODING);
-            whole_body(read.is_ok_and(|r| r.is_ok()), &response, &prefix)
-                .then(|| joined(&prefix, encoding, PEEK_LIMIT))
-                .filter(|decoded| encoding.is_none() || decoded.len() < PEEK_LIMIT)
+        let verdict = if rejects.needs_body(response.status()) {
+            // Boxed: an answer that needs its body read is the rare case,
+            // and its reading stays out of every request's state machine.
+            Box::pin(read_and_classify(
+                &mut response,
+                &mut prefix,
+                timeout,
+                rejects,
+            ))
+            .await
         } else {
-            None
+            rejects.classify(response.status(), response.headers(), None)
         };
-        // A body cut off (at the limit, by the timeout, by an error, or while
-        // decompressing) is not classified: only what was read whole can
-        // say "bad key", or a long answer quoting one could rest every key.
-        let verdict = rejects.classify(response.status(), response.headers(), body.as_deref());
         let answer = Answer {
             response,
             prefix,
@@ -362,6 +357,14 @@ impl<'a> Exchange<'a> {
     /// path every upstream answers 401 to), and resting them would let any
     /// client take every key of the route out of use. That case is counted.
     fn settle(&self, rejected: Rejections<'_>, last_rejected: bool) {
+        if rejected.tried > 0 {
+            self.settle_rejections(rejected, last_rejected);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn settle_rejections(&self, rejected: Rejections<'_>, last_rejected: bool) {
         if last_rejected && rejected.tried > 1 {
             self.route.metrics.all_keys_rejected();
             tracing::info!(
@@ -377,6 +380,7 @@ impl<'a> Exchange<'a> {
 
     /// Rests a key so later requests avoid it, unless it is the set's only
     /// key (there is nothing to avoid it for).
+    #[inline(never)]
     fn rest(&self, health: Option<&KeyHealth>, verdict: Verdict) {
         if let Some(health) = health.filter(|_| self.keys.keys.len() > 1) {
             health.rest(match verdict {
@@ -386,6 +390,8 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn failover(&self, from: &Candidate<'_>, to: &Candidate<'_>, tried: &Tried) {
         let verdict = tried.verdict;
         self.route
@@ -432,6 +438,8 @@ impl<'a> Exchange<'a> {
     }
 
     /// Logs, once per route, that a body that could not be kept was not retried.
+    #[cold]
+    #[inline(never)]
     fn over_limit(&self) {
         if !self
             .route
@@ -455,6 +463,38 @@ impl std::fmt::Debug for Exchange<'_> {
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
+}
+
+/// Signs an AWS request (out of line: most routes never sign).
+#[inline(never)]
+fn sign(
+    route: &Route,
+    signer: &SigV4,
+    req: &mut Request<UpstreamBody>,
+    keys: &crate::tokens::aws::AwsKeys,
+) -> Result<(), ProxyError> {
+    signer
+        .sign(req, keys, SystemTime::now())
+        .map_err(|e| ProxyError::Internal(format!("route {}: {e}", route.name)))
+}
+
+/// Reads an error answer's body (bounded in size and time; what was read
+/// goes to the client) and classifies the answer by it. A body cut off (at
+/// the limit, by the timeout, by an error, or while decompressing) is not
+/// classified: only what was read whole can say "bad key", or a long answer
+/// quoting one could rest every key.
+async fn read_and_classify(
+    response: &mut Response<Incoming>,
+    prefix: &mut VecDeque<Frame<Bytes>>,
+    timeout: Duration,
+    rejects: providers::Rejects,
+) -> Verdict {
+    let read = tokio::time::timeout(timeout, peek(response.body_mut(), PEEK_LIMIT, prefix)).await;
+    let encoding = response.headers().get(http::header::CONTENT_ENCODING);
+    let body = whole_body(read.is_ok_and(|r| r.is_ok()), response, prefix)
+        .then(|| joined(prefix, encoding, PEEK_LIMIT))
+        .filter(|decoded| encoding.is_none() || decoded.len() < PEEK_LIMIT);
+    rejects.classify(response.status(), response.headers(), body.as_deref())
 }
 
 /// Whether `prefix` holds the whole body of `response`: the peek ended

@@ -191,6 +191,8 @@ fn streamed(
 }
 
 /// The `101` that hands the client's connection to the tunnel.
+#[cold]
+#[inline(never)]
 fn switched(headers: http::HeaderMap, done: impl Finish) -> Response<ResponseBody> {
     let status = http::StatusCode::SWITCHING_PROTOCOLS;
     let mut resp = Response::new(ResponseBody::local(
@@ -202,7 +204,9 @@ fn switched(headers: http::HeaderMap, done: impl Finish) -> Response<ResponseBod
     resp
 }
 
-/// sidekey's own error, in the envelope.
+/// sidekey's own error, in the envelope (out of line: the request path's
+/// code stays dense).
+#[inline(never)]
 fn local(err: ProxyError, done: impl Finish) -> Response<ResponseBody> {
     let message = err.to_string();
     let resp = err.into_response::<bytes::Bytes>();
@@ -267,8 +271,9 @@ async fn handle_inner(
         allowlist::check(route, rest, plan.deployment, &parts.headers, body, limit).await?
     };
     if plan.signer.is_some() {
-        // SigV4 signs a hash of the whole body.
-        body = allowlist::in_memory(route, &parts.headers, body, limit).await?;
+        // SigV4 signs a hash of the whole body. Boxed: only AWS routes read
+        // it, and its state stays out of every other request's future.
+        body = Box::pin(allowlist::in_memory(route, &parts.headers, body, limit)).await?;
     }
 
     // 4. Add the credential in the provider's form and forward, trying the
