@@ -143,8 +143,12 @@ async fn run(secs: Duration) {
         }
     }
     let mut s = setup().await;
-    // Before any request: what a pod pays for an idle sidecar.
-    let at_start = [s.sidekey.rss_mib(), s.nginx.rss_mib()];
+    // Before the load (after one request each, which `setup` waits for):
+    // what a pod pays for an idle sidecar.
+    let at_start = [
+        (s.sidekey.rss_mib(), s.sidekey.anon_mib()),
+        (s.nginx.rss_mib(), s.nginx.anon_mib()),
+    ];
     println!(
         "sidekey cost benchmark: {}s per measurement, proxies pinned to CPU 0, one worker each\n",
         secs.as_secs()
@@ -246,14 +250,15 @@ async fn run(secs: Duration) {
     }
 
     println!("\n4. Resident memory");
+    println!("   RSS in MiB, its anonymous part (the process's own memory) in brackets");
     println!(
-        "   {:<22} {:>10} {:>18} {:>22}",
+        "   {:<22} {:>14} {:>18} {:>22}",
         "",
-        "start MiB",
+        "start",
         "idle after load",
-        &format!("{STREAMS} open streams MiB")
+        &format!("{STREAMS} open streams")
     );
-    for ((name, url, proc), start) in [
+    for ((name, url, proc), (start, start_anon)) in [
         ("sidekey", &s.sidekey_url, &s.sidekey),
         ("nginx", &s.nginx_url, &s.nginx),
     ]
@@ -261,9 +266,11 @@ async fn run(secs: Duration) {
     .zip(at_start)
     {
         // After sections 1-3: upstream connections kept warm for reuse.
-        let idle = proc.rss_mib();
+        let (idle, idle_anon) = (proc.rss_mib(), proc.anon_mib());
         let busy = open_streams(url, STREAMS, proc).await;
-        println!("   {name:<22} {start:>10.1} {idle:>18.1} {busy:>22.1}");
+        let start = format!("{start:.1} ({start_anon:.1})");
+        let idle = format!("{idle:.1} ({idle_anon:.1})");
+        println!("   {name:<22} {start:>14} {idle:>18} {busy:>22.1}");
     }
 
     println!("\n5. Time to the first server-sent event (200 sequential streams)");
@@ -424,10 +431,21 @@ impl Proc {
     }
 
     fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    /// The anonymous part of the RSS: the process's own memory, as opposed
+    /// to the pages of its binary and libraries, which every process of the
+    /// same image shares through the page cache.
+    fn anon_mib(&self) -> f64 {
+        self.status_mib("RssAnon:")
+    }
+
+    fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let kb: f64 = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .unwrap()
             .parse()
