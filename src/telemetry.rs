@@ -11,6 +11,8 @@
 //! whose `Debug` shows a fingerprint, header values holding keys are marked
 //! sensitive, and access lines log the path without its query.
 
+mod text;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
@@ -68,7 +70,13 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
         .with_ansi(ansi)
         .with_target(true);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
+        // Colours need the default's styling layer; without them the same
+        // text is written for less (`text`).
+        LogFormat::Text if ansi => builder.try_init(),
+        LogFormat::Text => builder
+            .fmt_fields(text::Fields)
+            .with_timer(text::Timestamp)
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| e.to_string())?;
