@@ -11,6 +11,7 @@
 //! whose `Debug` shows a fingerprint, header values holding keys are marked
 //! sensitive, and access lines log the path without its query.
 
+mod json;
 mod text;
 
 use std::io::IsTerminal;
@@ -77,7 +78,13 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
             .fmt_fields(text::Fields)
             .with_timer(text::Timestamp)
             .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .event_format(json::Line {
+                timer: text::Timestamp,
+            })
+            .try_init(),
     };
     result.map_err(|e| e.to_string())?;
     Ok(LogGuard(guard))
