@@ -41,9 +41,9 @@ where
         let meta = event.metadata();
         let w = &mut writer;
         w.write_str("{\"timestamp\":")?;
-        json(w, time.as_str())?;
+        string(w, time.as_str())?;
         w.write_str(",\"level\":")?;
-        json(w, meta.level().as_str())?;
+        string(w, meta.level().as_str())?;
         let mut fields = Fields {
             writer: w.by_ref(),
             result: Ok(()),
@@ -51,7 +51,7 @@ where
         event.record(&mut fields);
         fields.result?;
         w.write_str(",\"target\":")?;
-        json(w, meta.target())?;
+        string(w, meta.target())?;
         let current = event
             .parent()
             .and_then(|id| ctx.span(id))
@@ -94,7 +94,7 @@ where
         w.write_char(',')?;
     }
     w.write_str("\"name\":")?;
-    json(w, span.metadata().name())?;
+    string(w, span.metadata().name())?;
     w.write_char('}')
 }
 
@@ -114,7 +114,7 @@ impl Fields<'_> {
         let w = &mut self.writer;
         self.result = w
             .write_char(',')
-            .and_then(|()| json(w, field.name()))
+            .and_then(|()| string(w, field.name()))
             .and_then(|()| w.write_char(':'))
             .and_then(|()| value.write(w));
     }
@@ -134,7 +134,7 @@ impl Visit for Fields<'_> {
         self.entry(field, &value);
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, &value);
+        self.entry(field, &erased::Str(value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.entry(field, &erased::Debug(value));
@@ -155,6 +155,15 @@ mod erased {
         }
     }
 
+    /// A string, written by [`super::string`].
+    pub(super) struct Str<'a>(pub(super) &'a str);
+
+    impl Value for Str<'_> {
+        fn write(&self, w: &mut super::Writer<'_>) -> fmt::Result {
+            super::string(w, self.0)
+        }
+    }
+
     /// A `Debug` value, as a JSON string of its text.
     pub(super) struct Debug<'a>(pub(super) &'a dyn fmt::Debug);
 
@@ -163,6 +172,17 @@ mod erased {
             s.collect_str(&format_args!("{:?}", self.0))
         }
     }
+}
+
+/// Writes `s` as a JSON string: at once when nothing in it needs escaping
+/// (field names, levels, targets, most values), else through serde_json.
+fn string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        w.write_char('"')?;
+        w.write_str(s)?;
+        return w.write_char('"');
+    }
+    json(w, s)
 }
 
 /// Writes `value` as JSON.
