@@ -15,8 +15,8 @@
 //! same settings and the same drain ([`drain`]): each accepted socket gets
 //! TCP_NODELAY, then a TLS handshake (bounded by `limits.header_read_timeout`)
 //! with the server config of the snapshot serving at that moment, so a
-//! rotated certificate reaches new connections; hyper-util's auto builder
-//! then tells the protocol from the decrypted bytes.
+//! rotated certificate reaches new connections; ALPN then says the protocol
+//! (`h2` is HTTP/2, anything else or nothing HTTP/1.1, RFC 9113 §3.2).
 //!
 //! Limits (design.md, "Operations"): both listeners share one budget of
 //! `limits.max_connections` places. The accept loop takes a place *before*
