@@ -1,5 +1,9 @@
 //! Logging: `tracing` to stderr, as text or JSON lines.
 //!
+//! The lines are those of tracing-subscriber's text and flattened JSON
+//! formats, written for less: text lines without colours by the `text`
+//! module, JSON lines by the `json` module.
+//!
 //! Lines are formatted on the thread that logs and written by a dedicated
 //! thread through a buffer that is flushed whenever the queue runs empty:
 //! under load many access lines share one `write(2)`, at rest every line goes

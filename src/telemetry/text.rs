@@ -2,13 +2,12 @@
 //!
 //! tracing-subscriber's default text format writes each field through its
 //! styling layer (`nu_ansi_term`), even with colours off, and formats the
-//! full date for every line: for an access line that was about a third of
-//! the cost of the whole request (callgrind). [`Fields`] writes the same
-//! text (`name=value` in `Debug` form; the message and errors through the
-//! default's own writer, which escapes terminal control characters) without
-//! the styling,
-//! and [`Timestamp`] writes the same RFC 3339 time, formatting the date and
-//! time of day once per second.
+//! full date for every line: an access line cost about a third of the whole
+//! request (callgrind). [`Fields`] writes the same text (`name=value` in
+//! `Debug` form; the message and errors through the default's own writer,
+//! which escapes terminal control characters) without the styling, and
+//! [`Timestamp`] writes the same RFC 3339 time, formatting the date and time
+//! of day once per second.
 
 use std::cell::Cell;
 use std::fmt;
