@@ -118,39 +118,71 @@ impl Listeners {
     }
 }
 
-/// Serves one connection whose protocol is known, watched by `drain`.
-async fn serve_connection<I, S>(
-    io: I,
-    protocol: Protocol,
-    svc: S,
-    h1: &http1::Builder,
-    h2: &http2::Builder<TokioExecutor>,
-    drain: &Arc<Drain>,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming> + Clone,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: Send + 'static,
-    <S::ResBody as hyper::body::Body>::Data: Send,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let served = match protocol {
-        Protocol::Http1 => {
-            let conn = h1.serve_connection(io, svc).with_upgrades();
-            drain
-                .watch(conn, http1::UpgradeableConnection::graceful_shutdown)
-                .await
+/// How accepted connections are served: hyper's HTTP/1.1 and HTTP/2
+/// servers with sidekey's settings, and the drain that watches them. One,
+/// shared by every connection task.
+struct Serving {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    drain: Arc<Drain>,
+}
+
+impl Serving {
+    /// Serves one connection whose protocol is known, watched by the drain.
+    async fn serve<I, S>(&self, io: I, protocol: Protocol, svc: S)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: hyper::service::HttpService<hyper::body::Incoming> + Clone,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::ResBody: Send + 'static,
+        <S::ResBody as hyper::body::Body>::Data: Send,
+        <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let served = match protocol {
+            Protocol::Http1 => {
+                let conn = self.h1.serve_connection(io, svc).with_upgrades();
+                self.drain
+                    .watch(conn, http1::UpgradeableConnection::graceful_shutdown)
+                    .await
+            }
+            Protocol::Http2 => {
+                let conn = self.h2.serve_connection(io, svc);
+                self.drain
+                    .watch(conn, http2::Connection::graceful_shutdown)
+                    .await
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
-        Protocol::Http2 => {
-            let conn = h2.serve_connection(io, svc);
-            drain
-                .watch(conn, http2::Connection::graceful_shutdown)
-                .await
+    }
+}
+
+/// `step`'s value if it succeeds within `limit`; otherwise `None`, with
+/// the reason at debug (`what` names the step).
+async fn within<T>(
+    limit: Duration,
+    step: impl Future<Output = std::io::Result<T>>,
+    what: &str,
+) -> Option<T> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "{what} failed");
+            None
         }
-    };
-    if let Err(e) = served {
-        tracing::debug!(error = %e, "connection ended with an error");
+        Err(_) => {
+            tracing::debug!("{what} timed out (limits.header_read_timeout)");
+            None
+        }
+    }
+}
+
+/// Sets TCP_NODELAY: server-sent events must not wait for Nagle.
+fn nodelay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
 }
 
@@ -192,6 +224,11 @@ pub(crate) async fn serve_proxy(
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
 
     let drain = Arc::new(Drain::default());
+    let serving = Arc::new(Serving {
+        h1,
+        h2,
+        drain: drain.clone(),
+    });
     // Upgraded connections leave hyper (and the drain): WebSockets are
     // tracked here, for the grace period.
     let sockets = Arc::new(Sockets::default());
@@ -204,63 +241,44 @@ pub(crate) async fn serve_proxy(
     let loopback = is_loopback(&listener);
     let tls_loopback = tls.as_ref().is_some_and(is_loopback);
 
-    let accept_one =
-        |stream: TcpStream, place: Place| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-            let (h1, h2, drain) = (h1.clone(), h2.clone(), drain.clone());
-            let svc = service(loopback, place);
-            tokio::spawn(async move {
-                let protocol =
-                    match tokio::time::timeout(header_read_timeout, first_bytes::sniff(&stream))
-                        .await
-                    {
-                        Ok(Ok(Some(p))) => p,
-                        Ok(Ok(None)) => return,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "connection failed before its first byte");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("no request within limits.header_read_timeout");
-                            return;
-                        }
-                    };
-                serve_connection(TokioIo::new(stream), protocol, svc, &h1, &h2, &drain).await;
-            });
-        };
+    let accept_one = |stream: TcpStream, place: Place| {
+        nodelay(&stream);
+        let serving = serving.clone();
+        let svc = service(loopback, place);
+        tokio::spawn(async move {
+            let sniffed = within(
+                header_read_timeout,
+                first_bytes::sniff(&stream),
+                "reading the first bytes",
+            );
+            // `None` inside: the client closed before its first bytes told.
+            let Some(Some(protocol)) = sniffed.await else {
+                return;
+            };
+            serving.serve(TokioIo::new(stream), protocol, svc).await;
+        });
+    };
     // A TLS connection: the handshake runs in its own task, with the server
     // config of the snapshot serving now; ALPN says the protocol.
     let accept_tls_one = |stream: TcpStream, place: Place| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
+        nodelay(&stream);
         let Some(config) = shared.snapshot().tls.as_ref().map(|t| t.config()) else {
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let (h1, h2, drain) = (h1.clone(), h2.clone(), drain.clone());
+        let serving = serving.clone();
         let svc = service(tls_loopback, place);
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("TLS handshake timed out");
-                        return;
-                    }
-                };
+            let handshake = acceptor.accept(stream);
+            let Some(stream) = within(header_read_timeout, handshake, "TLS handshake").await else {
+                return;
+            };
             let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 Protocol::Http2
             } else {
                 Protocol::Http1
             };
-            serve_connection(TokioIo::new(stream), protocol, svc, &h1, &h2, &drain).await;
+            serving.serve(TokioIo::new(stream), protocol, svc).await;
         });
     };
 

@@ -22,14 +22,6 @@ use tokio::net::TcpStream;
 /// What an HTTP/2 prior-knowledge connection sends first (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether `seen` bytes matching the preface, followed by `new`, are enough
-/// to tell the protocol: they leave the preface, or complete it.
-fn known(seen: usize, new: &[u8]) -> bool {
-    let rest = PREFACE.get(seen..).unwrap_or_default();
-    let n = new.len().min(rest.len());
-    new.get(..n) != rest.get(..n) || seen + new.len() >= PREFACE.len()
-}
-
 /// What a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Protocol {
@@ -39,16 +31,17 @@ pub(super) enum Protocol {
 }
 
 /// The protocol `seen` (the first bytes, as many as have come) shows, if
-/// it shows one yet.
+/// it shows one yet: HTTP/1 once they leave the preface, HTTP/2 once they
+/// complete it.
 fn protocol(seen: &[u8]) -> Option<Protocol> {
-    if !known(0, seen) {
-        return None;
-    }
-    Some(if seen.starts_with(PREFACE) {
-        Protocol::Http2
+    let n = seen.len().min(PREFACE.len());
+    if seen.get(..n) != PREFACE.get(..n) {
+        Some(Protocol::Http1)
+    } else if n == PREFACE.len() {
+        Some(Protocol::Http2)
     } else {
-        Protocol::Http1
-    })
+        None
+    }
 }
 
 /// Which protocol a plain connection speaks, from its first bytes, peeked
@@ -92,20 +85,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_protocol_is_known_once_the_bytes_leave_or_complete_the_preface() {
-        assert!(known(0, b"GET / HTTP/1.1\r\n"));
-        assert!(!known(0, b"P"));
-        assert!(!known(0, b"PRI * HTTP/2.0\r\n"));
-        assert!(
-            known(1, b"OST /x"),
-            "POST leaves the preface at its second byte"
-        );
-        assert!(known(16, b"\r\nSM\r\n\r\n"), "the whole preface");
-        assert!(known(0, PREFACE));
-        assert!(known(20, b"\r\n\r\nextra"));
-    }
-
-    #[test]
     fn the_protocol_is_told_from_the_first_bytes() {
         assert_eq!(protocol(b""), None);
         assert_eq!(protocol(b"PRI * HTTP/2.0\r\n"), None);
@@ -113,6 +92,21 @@ mod tests {
         assert_eq!(protocol(b"POST"), Some(Protocol::Http1));
         assert_eq!(protocol(b"GET "), Some(Protocol::Http1));
         assert_eq!(protocol(PREFACE), Some(Protocol::Http2));
+        // Known as soon as the bytes leave the preface, or complete it.
+        assert_eq!(protocol(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(
+            protocol(b"PO"),
+            Some(Protocol::Http1),
+            "POST leaves it at its second byte"
+        );
+        assert_eq!(protocol(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r"), None);
+        let mut extra = PREFACE.to_vec();
+        extra.extend_from_slice(b"\0\0\x12\x04");
+        assert_eq!(
+            protocol(&extra),
+            Some(Protocol::Http2),
+            "a preface and its first frame"
+        );
     }
 
     #[tokio::test]
