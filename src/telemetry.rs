@@ -10,7 +10,11 @@
 //! out at once. The queue blocks rather than drops when full, and the
 //! [`LogGuard`] flushes what is left when the process exits.
 //!
-//! The level comes from `SIDEKEY_LOG`, else `RUST_LOG`, else `info`. Nothing
+//! The level comes from `SIDEKEY_LOG`, else `RUST_LOG`, else `info`: a list
+//! of `level` and `target=level` items, as `info,hyper=warn`. Span and field
+//! filters (`EnvFilter`'s `[span{field}]`) are refused: the static filter
+//! needs no regex engine in the binary and no lock when a span is entered.
+//! Nothing
 //! logged anywhere in sidekey carries a credential value: secrets are types
 //! whose `Debug` shows a fingerprint, header values holding keys are marked
 //! sensitive, and access lines log the path without its query.
@@ -20,7 +24,9 @@ mod text;
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::env::Env;
 
@@ -55,7 +61,7 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
         .map(|d| (ENV_LOG, d))
         .or_else(|| env.var("RUST_LOG").map(|d| ("RUST_LOG", d)))
         .unwrap_or_else(|| ("default", "info".to_owned()));
-    let filter = EnvFilter::try_new(&directives)
+    let filter = filter(&directives)
         .map_err(|e| format!("{from}={directives:?} is not a valid filter: {e}"))?;
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -69,7 +75,9 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
             std::io::stderr(),
         ));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        // The fmt subscriber's own filter only caps the level, so that
+        // disabled `debug!`s cost one comparison; `filter` does the rest.
+        .with_max_level(most_verbose(&filter))
         .with_writer(writer)
         // Colours only for a person at a terminal, never in collected logs.
         .with_ansi(ansi)
@@ -77,10 +85,12 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
     let result = match format {
         // Colours need the default's styling layer; without them the same
         // text is written for less (`text`).
-        LogFormat::Text if ansi => builder.try_init(),
+        LogFormat::Text if ansi => builder.finish().with(filter).try_init(),
         LogFormat::Text => builder
             .fmt_fields(text::Fields)
             .with_timer(text::Timestamp)
+            .finish()
+            .with(filter)
             .try_init(),
         LogFormat::Json => builder
             .json()
@@ -88,8 +98,96 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
             .event_format(json::Line {
                 timer: text::Timestamp,
             })
+            .finish()
+            .with(filter)
             .try_init(),
     };
     result.map_err(|e| e.to_string())?;
     Ok(LogGuard(guard))
+}
+
+/// Parses a filter such as `info,hyper=warn`: each item a level, or a
+/// target and its level. Blanks around items are ignored, as `EnvFilter`
+/// ignored them; a bare word that is not a level, or a target with a span
+/// or field part, is an error rather than a filter that silently matches
+/// nothing.
+fn filter(directives: &str) -> Result<Targets, String> {
+    let mut filter = Targets::new();
+    for item in directives
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        let level = |text: &str| {
+            text.parse::<LevelFilter>().map_err(|_| {
+                format!("{text:?} is not a level (off, error, warn, info, debug, trace)")
+            })
+        };
+        filter = match item.split_once('=') {
+            None => filter.with_default(level(item)?),
+            Some((target, text)) => {
+                let plain = |c: char| c.is_ascii_alphanumeric() || "_:-.".contains(c);
+                if target.is_empty() || !target.chars().all(plain) {
+                    return Err(format!(
+                        "{target:?} is not a target such as sidekey::proxy \
+                         (span and field filters are not supported)"
+                    ));
+                }
+                filter.with_target(target, level(text)?)
+            }
+        };
+    }
+    Ok(filter)
+}
+
+/// The most verbose level any item of `filter` lets through.
+fn most_verbose(filter: &Targets) -> LevelFilter {
+    filter
+        .iter()
+        .map(|(_, level)| level)
+        .chain(filter.default_level())
+        .max()
+        .unwrap_or(LevelFilter::OFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    #[test]
+    fn a_filter_is_levels_and_target_levels() {
+        let f = filter("info").unwrap();
+        assert!(f.would_enable("sidekey::proxy", &Level::INFO));
+        assert!(!f.would_enable("sidekey::proxy", &Level::DEBUG));
+        assert_eq!(most_verbose(&f), LevelFilter::INFO);
+
+        let f = filter(" WARN , sidekey::tokens=debug ,, hyper=off").unwrap();
+        assert!(f.would_enable("sidekey::tokens::cache", &Level::DEBUG));
+        assert!(!f.would_enable("sidekey::proxy", &Level::INFO));
+        assert!(f.would_enable("sidekey::proxy", &Level::WARN));
+        assert!(!f.would_enable("hyper::proto", &Level::ERROR));
+        assert_eq!(most_verbose(&f), LevelFilter::DEBUG);
+
+        // Only targets named: everything else is off.
+        let f = filter("sidekey=trace").unwrap();
+        assert!(!f.would_enable("hyper", &Level::ERROR));
+        assert_eq!(most_verbose(&f), LevelFilter::TRACE);
+        assert_eq!(most_verbose(&filter("off").unwrap()), LevelFilter::OFF);
+    }
+
+    #[test]
+    fn span_and_field_filters_and_unknown_levels_are_refused() {
+        for bad in [
+            "sidekey[request]=debug",
+            "sidekey[{route=x}]=info",
+            "=info",
+            "loud",
+            "sidekey=loud",
+            "sidekey=info=debug",
+        ] {
+            assert!(filter(bad).is_err(), "{bad}");
+        }
+    }
 }
