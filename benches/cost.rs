@@ -6,15 +6,20 @@
 //!
 //! 1. throughput and CPU per request at 64 connections (wrk, closed loop),
 //!    with access logs off and on: the median of `BENCH_ROUNDS` (default
-//!    3) alternating rounds, with the range;
+//!    3) alternating rounds, with the range, and each proxy's CPU divided
+//!    by nginx's in the same round (the median of those paired ratios,
+//!    with their range: steadier than the ratio of two medians on a
+//!    shared machine);
 //!    with logs off also the hyper floor (the cheapest hyper proxy doing
 //!    the same swap, [`floor`]) and sidekey on a route with a fallback key
 //!    and a model allowlist (the body read, checked and kept for a retry);
 //! 2. CPU per request at a fixed 5,000 req/s (open loop): every proxy sees
 //!    the same arrival pattern, so this is the fairest cost comparison;
-//! 3. added latency (p50/p99) at a fixed 1,000 req/s;
+//! 3. added latency (p50/p99) at a fixed 1,000 req/s, the floor included,
+//!    in `BENCH_ROUNDS` alternating rounds;
 //! 4. resident memory at start, idle after the load above (upstream
-//!    connections kept warm), and with 1,000 open streams;
+//!    connections kept warm), and with 1,000 open streams ("start" is after
+//!    the first request, which the setup sends to check each route);
 //! 5. time to the first server-sent event, versus a direct call;
 //! 6. 1,000 open idle WebSockets through sidekey: its RSS and CPU.
 //!
@@ -60,6 +65,9 @@ const KEY: &str = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz";
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi"}]}"#;
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
 const STREAMS: usize = 1000;
+/// Where nginx sits among section 1's rows: the other rows' CPU is divided
+/// by its, round by round.
+const NGINX_ROW: usize = 1;
 /// The client credential headers both nginx and the floor clear, besides
 /// `Authorization`, which they overwrite (sidekey strips these and more).
 const CLIENT_CREDENTIALS: [&str; 8] = [
@@ -166,8 +174,8 @@ async fn run(secs: Duration) {
         "1. Throughput and CPU per request at 64 connections, POST chat completion (wrk, median of {rounds_n})"
     );
     println!(
-        "   {:<22} {:>12} {:>14} {:>14} {:>12} {:>12}",
-        "", "req/s", "CPU µs/req", "CPU range", "p50", "p99"
+        "   {:<22} {:>12} {:>14} {:>14} {:>12} {:>12} {:>18}",
+        "", "req/s", "CPU µs/req", "CPU range", "p50", "p99", "CPU × nginx"
     );
     let _ = wrk(&s.upstream_url, Duration::from_secs(1), None).await;
     let direct = wrk(&s.upstream_url, secs, None).await;
@@ -182,6 +190,7 @@ async fn run(secs: Duration) {
         // nothing and the fallback route is about the body, not the log.
         let mut rows = vec![
             (format!("sidekey (logs {on})"), &s.sidekey_url, &s.sidekey),
+            // At NGINX_ROW.
             (format!("nginx (logs {on})"), &s.nginx_url, &s.nginx),
         ];
         if !logs {
@@ -202,7 +211,24 @@ async fn run(secs: Duration) {
                 rounds[i].push(wrk(url, secs, Some(proc)).await);
             }
         }
-        for ((label, _, _), mut r) in rows.iter().zip(rounds) {
+        // Each round's CPU beside nginx's in the same round: a paired
+        // ratio cancels the drift of a shared machine between rounds.
+        let paired: Vec<String> = rounds
+            .iter()
+            .map(|r| {
+                let mut x: Vec<f64> = r
+                    .iter()
+                    .zip(&rounds[NGINX_ROW])
+                    .filter_map(|(a, n)| Some(a.cpu_us_per_req? / n.cpu_us_per_req?))
+                    .collect();
+                x.sort_by(f64::total_cmp);
+                match (x.first(), x.get(x.len() / 2), x.last()) {
+                    (Some(lo), Some(mid), Some(hi)) => format!("{mid:.2} ({lo:.2}-{hi:.2})"),
+                    _ => "-".to_owned(),
+                }
+            })
+            .collect();
+        for (((label, _, _), mut r), ratio) in rows.iter().zip(rounds).zip(paired) {
             r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             let mid = &r[r.len() / 2];
             let mut cpu: Vec<f64> = r.iter().filter_map(|x| x.cpu_us_per_req).collect();
@@ -210,7 +236,7 @@ async fn run(secs: Duration) {
             let at = |i: usize| cpu.get(i).copied().unwrap_or(f64::NAN);
             let range = format!("{:.1}-{:.1}", at(0), at(cpu.len().saturating_sub(1)));
             println!(
-                "   {label:<24} {:>10.0} {:>14.1} {range:>14} {:>12} {:>12}",
+                "   {label:<24} {:>10.0} {:>14.1} {range:>14} {:>12} {:>12} {ratio:>18}",
                 mid.rps,
                 at(cpu.len() / 2),
                 mid.p50,
@@ -238,25 +264,56 @@ async fn run(secs: Duration) {
         );
     }
 
-    println!("\n3. Latency at a fixed 1,000 req/s (open loop, 16 connections)");
+    println!(
+        "\n3. Latency at a fixed 1,000 req/s (open loop, 16 connections, median of {rounds_n} alternating rounds)"
+    );
     println!(
         "   {:<22} {:>10} {:>10} {:>14} {:>14}",
         "", "p50 µs", "p99 µs", "added p50 µs", "added p99 µs"
     );
-    let base = fixed_rate(&s.upstream_url, secs, 1000, 16, None).await;
-    println!(
-        "   {:<22} {:>10.0} {:>10.0} {:>14} {:>14}",
-        "direct (upstream)", base.p50, base.p99, "-", "-"
-    );
-    for (name, url) in [("sidekey", &s.sidekey_url), ("nginx", &s.nginx_url)] {
-        let r = fixed_rate(url, secs, 1000, 16, None).await;
-        println!(
-            "   {name:<22} {:>10.0} {:>10.0} {:>14.0} {:>14.0}",
-            r.p50,
-            r.p99,
-            r.p50 - base.p50,
-            r.p99 - base.p99
-        );
+    let rows = [
+        ("direct (upstream)", &s.upstream_url),
+        ("sidekey", &s.sidekey_url),
+        ("nginx", &s.nginx_url),
+        ("hyper floor", &s.floor_url),
+    ];
+    // (p50, p99) per row, round by round; "added" is a row's figure minus
+    // the direct call's in the same round.
+    let mut runs: Vec<Vec<(f64, f64)>> = rows.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds_n {
+        for (i, (_, url)) in rows.iter().enumerate() {
+            let r = fixed_rate(url, secs, 1000, 16, None).await;
+            runs[i].push((r.p50, r.p99));
+        }
+    }
+    let median = |mut x: Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    for (i, (name, _)) in rows.iter().enumerate() {
+        let p50 = median(runs[i].iter().map(|r| r.0).collect());
+        let p99 = median(runs[i].iter().map(|r| r.1).collect());
+        let added = |pick: fn(&(f64, f64)) -> f64| {
+            median(
+                runs[i]
+                    .iter()
+                    .zip(&runs[0])
+                    .map(|(r, d)| pick(r) - pick(d))
+                    .collect(),
+            )
+        };
+        if i == 0 {
+            println!(
+                "   {name:<22} {p50:>10.0} {p99:>10.0} {:>14} {:>14}",
+                "-", "-"
+            );
+        } else {
+            println!(
+                "   {name:<22} {p50:>10.0} {p99:>10.0} {:>14.0} {:>14.0}",
+                added(|r| r.0),
+                added(|r| r.1)
+            );
+        }
     }
 
     println!("\n4. Resident memory");
