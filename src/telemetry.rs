@@ -14,10 +14,10 @@
 //! of `level` and `target=level` items, as `info,hyper=warn`. Span and field
 //! filters (`EnvFilter`'s `[span{field}]`) are refused: the static filter
 //! needs no regex engine in the binary and no lock when a span is entered.
-//! Nothing
-//! logged anywhere in sidekey carries a credential value: secrets are types
-//! whose `Debug` shows a fingerprint, header values holding keys are marked
-//! sensitive, and access lines log the path without its query.
+//!
+//! Nothing logged anywhere in sidekey carries a credential value: secrets
+//! are types whose `Debug` shows a fingerprint, header values holding keys
+//! are marked sensitive, and access lines log the path without its query.
 
 mod json;
 mod text;
