@@ -216,31 +216,27 @@ async fn run(secs: Duration) {
         let paired: Vec<String> = rounds
             .iter()
             .map(|r| {
-                let mut x: Vec<f64> = r
-                    .iter()
-                    .zip(&rounds[NGINX_ROW])
-                    .filter_map(|(a, n)| Some(a.cpu_us_per_req? / n.cpu_us_per_req?))
-                    .collect();
-                x.sort_by(f64::total_cmp);
-                match (x.first(), x.get(x.len() / 2), x.last()) {
-                    (Some(lo), Some(mid), Some(hi)) => format!("{mid:.2} ({lo:.2}-{hi:.2})"),
-                    _ => "-".to_owned(),
+                let (lo, mid, hi) = spread(
+                    r.iter()
+                        .zip(&rounds[NGINX_ROW])
+                        .filter_map(|(a, n)| Some(a.cpu_us_per_req? / n.cpu_us_per_req?))
+                        .collect(),
+                );
+                if mid.is_nan() {
+                    "-".to_owned()
+                } else {
+                    format!("{mid:.2} ({lo:.2}-{hi:.2})")
                 }
             })
             .collect();
         for (((label, _, _), mut r), ratio) in rows.iter().zip(rounds).zip(paired) {
             r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             let mid = &r[r.len() / 2];
-            let mut cpu: Vec<f64> = r.iter().filter_map(|x| x.cpu_us_per_req).collect();
-            cpu.sort_by(f64::total_cmp);
-            let at = |i: usize| cpu.get(i).copied().unwrap_or(f64::NAN);
-            let range = format!("{:.1}-{:.1}", at(0), at(cpu.len().saturating_sub(1)));
+            let (lo, cpu, hi) = spread(r.iter().filter_map(|x| x.cpu_us_per_req).collect());
+            let range = format!("{lo:.1}-{hi:.1}");
             println!(
-                "   {label:<24} {:>10.0} {:>14.1} {range:>14} {:>12} {:>12} {ratio:>18}",
-                mid.rps,
-                at(cpu.len() / 2),
-                mid.p50,
-                mid.p99
+                "   {label:<24} {:>10.0} {cpu:>14.1} {range:>14} {:>12} {:>12} {ratio:>18}",
+                mid.rps, mid.p50, mid.p99
             );
         }
     }
@@ -286,10 +282,7 @@ async fn run(secs: Duration) {
             runs[i].push((r.p50, r.p99));
         }
     }
-    let median = |mut x: Vec<f64>| {
-        x.sort_by(f64::total_cmp);
-        x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+    let median = |x: Vec<f64>| spread(x).1;
     for (i, (name, _)) in rows.iter().enumerate() {
         let p50 = median(runs[i].iter().map(|r| r.0).collect());
         let p99 = median(runs[i].iter().map(|r| r.1).collect());
@@ -878,6 +871,18 @@ async fn fixed_rate(
             .zip(after)
             .map_or(f64::NAN, |(b, a)| (a - b) / answered * 1e6),
     }
+}
+
+/// The lowest, middle and highest of `values` (NaN when there are none):
+/// a median with its range.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
+    (
+        at(0),
+        at(values.len() / 2),
+        at(values.len().saturating_sub(1)),
+    )
 }
 
 fn percentiles(v: &mut [f64]) -> (f64, f64) {
