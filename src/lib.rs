@@ -23,7 +23,7 @@
 //!     credentials                   locations, key sets, choosing keys
 //!     tokens                        minted credentials: cache, refresh, sources
 //!     upstream                      our HTTP client (rustls/ring)
-//!  body  url  files  secret  env  metrics  tls_listener
+//!  body  url  files  secret  env  metrics  tls_listener  timer
 //!                                   leaves: import nothing of sidekey
 //! ```
 //!
@@ -58,7 +58,9 @@
 //!   (upstream base URLs), `files` (bounded reads: regular files only, size
 //!   caps, never blocking on a FIFO), [`Secret`] (redacts and wipes), `env`
 //!   (environment lookup passed in; tests use a map, not `set_var`),
-//!   `metrics` (lock-free counters and the Prometheus text).
+//!   `metrics` (lock-free counters and the Prometheus text), `timer` (the
+//!   timers a connection lends each request: hyper's header-read timer and
+//!   the wait for a response head).
 //! - [`check`], [`cli`], [`shutdown`], [`telemetry`], [`hardening`] (core
 //!   dumps off at start): the binary's pieces.
 //!
@@ -66,7 +68,8 @@
 //! formats no static credential (header values are prepared when a snapshot
 //! is built) and buffers no response. It copies the header map only when a
 //! retry is possible (a fallback, a pool or Vertex), and a kept body sits
-//! behind an uncontended per-request mutex.
+//! behind an uncontended per-request mutex; a connection's timers behind an
+//! uncontended per-connection one.
 
 mod admin;
 mod body;
@@ -88,6 +91,7 @@ mod secret;
 mod server;
 pub mod shutdown;
 pub mod telemetry;
+mod timer;
 mod tls_listener;
 mod tokens;
 mod upstream;

@@ -5,7 +5,9 @@
 //! tell HTTP/1.1 from prior-knowledge h2c ([`first_bytes::sniff`]), and
 //! hyper's server for that protocol serves it directly on the socket. The
 //! HTTP/1 header-read timeout (slowloris guard, and idle timeout of
-//! keep-alive connections) needs a timer to take effect, so one is set. On
+//! keep-alive connections) needs a timer to take effect, so one is set: a
+//! connection's own, which lends one `Sleep` to each head read in turn
+//! ([`crate::timer`]). On
 //! shutdown: `/readyz` turns 503, new connections are still accepted for
 //! `shutdown.drain_delay`, then the listener closes and requests in flight
 //! and open WebSockets get up to `shutdown.grace_period` to finish; the
@@ -47,6 +49,7 @@ use crate::metrics::{Limit, Metrics};
 use crate::proxy::conn::{Conn, Place};
 use crate::proxy::{self, websocket::Sockets};
 use crate::reload::Shared;
+use crate::timer::ConnTimer;
 use drain::Drain;
 use first_bytes::Protocol;
 
@@ -141,7 +144,11 @@ impl Serving {
     {
         let served = match protocol {
             Protocol::Http1 => {
-                let conn = self.h1.serve_connection(io, svc).with_upgrades();
+                // The connection's own timer: it lends one `Sleep` to each
+                // head read in turn (`crate::timer`).
+                let mut h1 = self.h1.clone();
+                h1.timer(ConnTimer::default());
+                let conn = h1.serve_connection(io, svc).with_upgrades();
                 self.drain
                     .watch(conn, http1::UpgradeableConnection::graceful_shutdown)
                     .await
@@ -207,9 +214,9 @@ pub(crate) async fn serve_proxy(
         .unwrap_or(usize::MAX)
         .max(8192);
 
+    // The timer is set per connection (`Serving::serve`).
     let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+    h1.header_read_timeout(header_read_timeout)
         // The whole head must fit: 431 beyond it.
         .max_buf_size(max_header_bytes)
         // A response head and its body (or an event) go out in one write():

@@ -1,7 +1,7 @@
 //! Resource limits (design.md, "Operations"; issue 21 findings 1, 2 and 10):
 //! connections past `max_connections` wait in the accept queue (an open
-//! WebSocket keeps its place), a connection that never shows its protocol is
-//! closed after `header_read_timeout`, a head past `max_header_bytes` gets
+//! WebSocket keeps its place), a connection that never shows its protocol,
+//! stalls in a head or sits idle is closed after `header_read_timeout`, a head past `max_header_bytes` gets
 //! 431, a body sidekey reads itself that stalls gets 408 after
 //! `body_read_timeout`, and replay buffers share `max_replay_total`.
 //!
@@ -133,6 +133,80 @@ async fn silent_and_half_preface_connections_are_closed_after_header_read_timeou
     )
     .await;
     assert_eq!(h2.status, 404);
+    sk.stop().await;
+}
+
+/// Reads one answer (head and `Content-Length` body) from a keep-alive
+/// connection, or what came before it closed.
+async fn one_answer(sock: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if got.len() >= end + 4 + length {
+                    return;
+                }
+            }
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(SOON, read)
+        .await
+        .expect("an answer in time");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// hyper's header-read timer, which a connection lends to each of its head
+/// reads in turn (`src/timer.rs`), keeps its meaning: a keep-alive
+/// connection whose requests come well within the timeout is served for
+/// as long as it sends (here over twice the timeout: a timer that fired at
+/// a deadline it was moved past would close it), and is closed once it
+/// sits idle; so is one whose head stalls halfway.
+#[tokio::test]
+async fn keep_alive_connections_live_while_they_send_and_close_when_they_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let sk = start_in(
+        dir.path(),
+        "[limits]\nheader_read_timeout = \"400ms\"\n",
+        MapEnv::default(),
+    )
+    .await;
+    const KEEP_ALIVE: &[u8] = b"GET /nope/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+    let mut busy = TcpStream::connect(sk.addr).await.unwrap();
+    for i in 0..6 {
+        busy.write_all(KEEP_ALIVE).await.unwrap();
+        let answer = one_answer(&mut busy).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "request {i}: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let got = closed_within(&mut busy, SOON)
+        .await
+        .expect("the idle connection is closed");
+    assert!(got.is_empty(), "{got:?}");
+
+    let mut stalled = TcpStream::connect(sk.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /nope/x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let got = closed_within(&mut stalled, SOON)
+        .await
+        .expect("the stalled head is closed");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.is_empty(), "{got:?}");
     sk.stop().await;
 }
 

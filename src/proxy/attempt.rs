@@ -40,6 +40,7 @@ use crate::error::ProxyError;
 use crate::providers::aws::SigV4;
 use crate::providers::{self, Verdict};
 use crate::routes::Route;
+use crate::timer::Reused;
 use crate::tokens::{Credential, Token, TokenError};
 use crate::upstream::LaneGuard;
 
@@ -92,6 +93,15 @@ struct Tried {
     verdict: Verdict,
 }
 
+/// What a request's attempts borrow from the process and its connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Borrowed<'a> {
+    /// The budget a kept body takes its bytes from.
+    pub(crate) replay_budget: &'a Arc<Budget>,
+    /// The connection's timer for the wait for a response head.
+    pub(crate) head_wait: &'a Reused,
+}
+
 /// What one request carries through its attempts (pingora's `CTX`).
 pub(crate) struct Exchange<'a> {
     pub(crate) route: &'a Route,
@@ -101,8 +111,7 @@ pub(crate) struct Exchange<'a> {
     pub(crate) limits: Limits,
     /// Signs each attempt (AWS routes that sign; not a Bedrock API key).
     signer: Option<&'a SigV4>,
-    /// The budget a kept body takes its bytes from.
-    replay_budget: &'a Arc<Budget>,
+    borrowed: Borrowed<'a>,
     method: Method,
     /// Taken by the last attempt, like the headers.
     uri: Uri,
@@ -210,7 +219,7 @@ impl<'a> Exchange<'a> {
         host: &'a str,
         limits: Limits,
         signer: Option<&'a SigV4>,
-        replay_budget: &'a Arc<Budget>,
+        borrowed: Borrowed<'a>,
         req: Prepared,
     ) -> Self {
         Self {
@@ -219,7 +228,7 @@ impl<'a> Exchange<'a> {
             host,
             limits,
             signer,
-            replay_budget,
+            borrowed,
             method: req.method,
             uri: req.uri,
             headers: req.headers,
@@ -271,7 +280,8 @@ impl<'a> Exchange<'a> {
         }
         let timeout = self.limits.request_timeout;
         let (mut response, lane) =
-            super::forward::send(self.route, self.host, req, timeout).await?;
+            super::forward::send(self.route, self.host, req, timeout, self.borrowed.head_wait)
+                .await?;
         let rejects = self.route.spec.rejects;
         let mut prefix = VecDeque::new();
         let verdict = if rejects.needs_body(response.status()) {
@@ -424,8 +434,10 @@ impl<'a> Exchange<'a> {
                     self.over_limit();
                     (UpstreamBody::stream(body), Again::Never)
                 } else {
-                    let (budget, total) =
-                        (self.replay_budget.clone(), self.limits.max_replay_total);
+                    let (budget, total) = (
+                        self.borrowed.replay_budget.clone(),
+                        self.limits.max_replay_total,
+                    );
                     let (replay, first): (Replay, ReplayBody) =
                         Replay::new(body, limit, budget, total);
                     (UpstreamBody::replay(first), Again::Kept(replay))

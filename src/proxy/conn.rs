@@ -7,7 +7,8 @@
 //! connection (and every request on it) is done. An HTTP/1.1 connection
 //! that switches to a WebSocket leaves hyper at the `101`, so the tunnel
 //! takes the place over ([`Conn::take_place`]): an open WebSocket keeps
-//! counting until it closes.
+//! counting until it closes. It also holds the timer its requests take in
+//! turn to wait for a response head ([`crate::timer`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -15,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::websocket::Sockets;
 use crate::metrics::Metrics;
+use crate::timer::Reused;
 
 /// A place in `limits.max_connections`, counted in
 /// `sidekey_connections_open` while it is held.
@@ -51,6 +53,9 @@ pub(crate) struct Conn {
     /// Given back when the last request of the connection is dropped,
     /// unless a WebSocket took it. The lock is taken only then.
     place: Mutex<Option<Place>>,
+    /// The timer of `limits.request_timeout` (the wait for a response
+    /// head), lent to each request in turn.
+    pub(crate) head_wait: Reused,
 }
 
 impl Conn {
@@ -60,6 +65,7 @@ impl Conn {
             sockets,
             loopback,
             place: Mutex::new(Some(place)),
+            head_wait: Reused::default(),
         })
     }
 

@@ -10,20 +10,21 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::time::Timeout;
 
 use crate::error::ProxyError;
 use crate::routes::Route;
+use crate::timer::{Lent, Reused};
 use crate::upstream::{Error, LaneGuard, UpstreamBody};
 
 /// Sends `req` through the route's client. The request is handed to a
 /// connection at once; the returned future (small: it is moved into each
-/// caller's state) waits for the response head.
+/// caller's state) waits for the response head, with the connection's
+/// timer (`head_wait`, [`crate::timer`]) set to `timeout`.
 ///
 /// # Errors
 ///
@@ -33,9 +34,11 @@ pub(crate) fn send<'a>(
     host: &'a str,
     req: Request<UpstreamBody>,
     timeout: Duration,
+    head_wait: &'a Reused,
 ) -> impl Future<Output = Result<(Response<Incoming>, LaneGuard), ProxyError>> + Send + 'a {
     Forward {
-        head: tokio::time::timeout(timeout, route.client.send(req)),
+        head: route.client.send(req),
+        deadline: Reused::lend_for(head_wait, timeout),
         route,
         host,
         after: timeout,
@@ -46,7 +49,8 @@ pin_project_lite::pin_project! {
     /// The response head, or the error naming route and host.
     struct Forward<'a, F> {
         #[pin]
-        head: Timeout<F>,
+        head: F,
+        deadline: Lent<&'a Reused>,
         route: &'a Route,
         host: &'a str,
         after: Duration,
@@ -61,18 +65,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(match ready!(this.head.poll(cx)) {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
-                route: this.route.name.to_string(),
-                upstream: (*this.host).to_owned(),
-                reason: e.to_string(),
-            }),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
+        // The head first: an answer that is there is taken even at the deadline.
+        match this.head.poll(cx) {
+            Poll::Ready(Ok(answer)) => return Poll::Ready(Ok(answer)),
+            Poll::Ready(Err(e)) => {
+                return Poll::Ready(Err(ProxyError::UpstreamUnreachable {
+                    route: this.route.name.to_string(),
+                    upstream: (*this.host).to_owned(),
+                    reason: e.to_string(),
+                }));
+            }
+            Poll::Pending => {}
+        }
+        match Pin::new(this.deadline).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(ProxyError::UpstreamTimeout {
                 route: this.route.name.to_string(),
                 upstream: (*this.host).to_owned(),
                 after: *this.after,
-            }),
-        })
+            })),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

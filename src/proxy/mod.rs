@@ -102,7 +102,7 @@ pub(crate) async fn handle(
         body,
         &mut cx,
         handshake,
-        conn.loopback,
+        &conn,
     )
     .instrument(span.clone())
     .await;
@@ -221,11 +221,11 @@ async fn handle_inner(
     body: Incoming,
     cx: &mut RequestCtx,
     handshake: Option<bool>,
-    loopback: bool,
+    conn: &conn::Conn,
 ) -> Result<attempt::Answer, ProxyError> {
     let uri = &parts.uri;
     inbound::check(parts)?;
-    origin::check(&snap.config, parts, loopback)?;
+    origin::check(&snap.config, parts, conn.loopback)?;
     inbound::authorize(snap, &parts.headers)?;
     // `handshake`: a WebSocket handshake, and whether the client's
     // connection can switch (HTTP/1.1 only).
@@ -294,7 +294,10 @@ async fn handle_inner(
         &plan.host,
         limits,
         plan.signer,
-        replay_budget,
+        attempt::Borrowed {
+            replay_budget,
+            head_wait: &conn.head_wait,
+        },
         prepared,
     );
     let answer = attempt::send(&mut exchange, candidates, body).await;
