@@ -27,6 +27,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+/// Far enough away never to come (about 30 years).
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// A connection's timer for one purpose, lent to one request at a time.
 #[derive(Default)]
 pub(crate) struct Reused {
@@ -62,12 +65,14 @@ impl Reused {
     }
 
     /// [`Self::lend`] for a timeout of `after` from now. A timeout too long
-    /// to represent is a deadline far enough away never to fire.
+    /// to represent is a deadline far enough away never to fire (config
+    /// durations are at most 30 days; this is for hyper's calls).
     pub(crate) fn lend_for<H: Deref<Target = Self>>(home: H, after: Duration) -> Lent<H> {
         let now = Instant::now();
         let deadline = now
             .checked_add(after)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
+            .or_else(|| now.checked_add(FAR))
+            .unwrap_or(now);
         Self::lend(home, deadline)
     }
 }
