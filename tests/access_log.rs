@@ -1,7 +1,9 @@
 //! One access-log line per request, written when the response ends: normal
 //! and streamed responses log at INFO with the fingerprint and no outcome; a
 //! client that goes away mid-stream is a WARN with `outcome`; sidekey's own
-//! errors carry the message (5xx at WARN). The query is never logged.
+//! errors carry the message (5xx at WARN). The query is never logged. What a
+//! request's steps log (a failover) carries the request span of its access
+//! line.
 
 #![allow(
     clippy::unwrap_used,
@@ -157,4 +159,76 @@ async fn access_lines_describe_each_request() {
         down["error"].as_str().unwrap().contains("unreachable"),
         "{down}"
     );
+}
+
+/// A request's steps run in its `request` span: the failover warning they
+/// write carries the same span (`id`, `route`) as the request's access
+/// line, which is how the two are tied together in a log.
+#[tokio::test]
+async fn a_failover_warning_carries_the_span_of_its_access_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(Transport::Plain, |r| {
+        if r.header("authorization") == Some("Bearer sk-good") {
+            Reply::ok()
+        } else {
+            Reply::json(401, r#"{"error":{"message":"Incorrect API key"}}"#)
+        }
+    })
+    .await;
+    let bad = write_key(dir.path(), "bad", "sk-bad");
+    let good = write_key(dir.path(), "good", "sk-good");
+    let config = dir.path().join("sidekey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[routes.fb]\ntype = \"openai\"\nupstream = \"{}\"\n\
+             key = {{ default = \"path::{bad}\", fallback = \"path::{good}\" }}\n",
+            mock.url
+        ),
+    )
+    .unwrap();
+    let proc = spawn_config(&config, &[], &[]).await;
+    // Two requests, so that a line could carry the wrong one's id.
+    for _ in 0..2 {
+        assert_eq!(client::get(&proc.url("/fb/v1/models")).await.status, 200);
+    }
+
+    let lines: Vec<Value> =
+        common::eventually("two access lines", Duration::from_secs(10), || async {
+            let lines: Vec<Value> = proc
+                .stderr()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect();
+            let access = lines
+                .iter()
+                .filter(|v| v["target"] == "sidekey::access")
+                .count();
+            (access >= 2).then_some(lines)
+        })
+        .await;
+    let (status, _) = proc.terminate().await;
+    assert_eq!(status.code(), Some(0));
+
+    let of = |message: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["message"] == message || l["fields"]["message"] == message)
+            .collect()
+    };
+    let failovers = of("credential failover");
+    let accesses = of("request");
+    // The rejected key rests once the fallback has answered: only the
+    // first request fails over.
+    assert_eq!(failovers.len(), 1, "{lines:#?}");
+    assert_eq!(accesses.len(), 2, "{lines:#?}");
+    let failover = failovers[0];
+    assert_eq!(failover["span"]["name"], "request", "{failover}");
+    assert_eq!(failover["span"]["route"], "fb", "{failover}");
+    let first = accesses
+        .iter()
+        .find(|a| a["attempts"] == 2)
+        .expect("the request that failed over");
+    assert_eq!(failover["span"], first["span"], "{failover}\n{first}");
+    assert_ne!(accesses[0]["span"]["id"], accesses[1]["span"]["id"]);
 }
