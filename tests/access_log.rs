@@ -20,11 +20,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::client::{self, request};
 use common::mock::{Mock, Reply, Transport};
-use common::process::spawn_config;
+use common::process::{Proc, spawn_config};
 use common::write_key;
 use http::Method;
 use http_body_util::BodyExt;
 use serde_json::Value;
+
+/// The lines of the binary's log so far, as JSON.
+fn json_lines(proc: &Proc) -> Vec<Value> {
+    proc.stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
 
 #[tokio::test]
 async fn access_lines_describe_each_request() {
@@ -92,10 +100,8 @@ async fn access_lines_describe_each_request() {
 
     let lines: Vec<Value> =
         common::eventually("five access lines", Duration::from_secs(10), || async {
-            let lines: Vec<Value> = proc
-                .stderr()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            let lines: Vec<Value> = json_lines(&proc)
+                .into_iter()
                 .filter(|v| v["target"] == "sidekey::access")
                 .collect();
             (lines.len() >= 5).then_some(lines)
@@ -195,11 +201,7 @@ async fn a_failover_warning_carries_the_span_of_its_access_line() {
 
     let lines: Vec<Value> =
         common::eventually("two access lines", Duration::from_secs(10), || async {
-            let lines: Vec<Value> = proc
-                .stderr()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect();
+            let lines = json_lines(&proc);
             let access = lines
                 .iter()
                 .filter(|v| v["target"] == "sidekey::access")

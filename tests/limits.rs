@@ -65,20 +65,35 @@ async fn metric_reaches(sk: &Running, prefix: &str, want: f64) {
     .await;
 }
 
-/// Whether the peer closes `sock` (EOF or reset) within `within`; bytes
-/// read before the close are returned with it.
-async fn closed_within(sock: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
-    let mut got = Vec::new();
+/// Reads from `sock` until `enough` says what came is enough (then
+/// `Some(true)`) or the peer closes it (EOF or reset: `Some(false)`), within
+/// `within`; `None` when the time runs out. What came is in `got`.
+async fn read_until(
+    sock: &mut TcpStream,
+    got: &mut Vec<u8>,
+    within: Duration,
+    enough: impl Fn(&[u8]) -> bool,
+) -> Option<bool> {
     let mut buf = [0u8; 4096];
-    let read_all = async {
+    let read = async {
         loop {
+            if enough(got) {
+                return true;
+            }
             match sock.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return false,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
     };
-    tokio::time::timeout(within, read_all).await.ok()?;
+    tokio::time::timeout(within, read).await.ok()
+}
+
+/// Whether the peer closes `sock` (EOF or reset) within `within`; bytes
+/// read before the close are returned with it.
+async fn closed_within(sock: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    read_until(sock, &mut got, within, |_| false).await?;
     Some(got)
 }
 
@@ -139,27 +154,19 @@ async fn silent_and_half_preface_connections_are_closed_after_header_read_timeou
 /// Reads one answer (head and `Content-Length` body) from a keep-alive
 /// connection, or what came before it closed.
 async fn one_answer(sock: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                if got.len() >= end + 4 + length {
-                    return;
-                }
-            }
-            match sock.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
+    let complete = |got: &[u8]| {
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        got.len() >= end + 4 + length
     };
-    tokio::time::timeout(SOON, read)
+    let mut got = Vec::new();
+    read_until(sock, &mut got, SOON, complete)
         .await
         .expect("an answer in time");
     String::from_utf8_lossy(&got).into_owned()
