@@ -8,8 +8,8 @@
 //! timer, the wait for the upstream's response head) have the same length,
 //! so each deadline is later than the last: a connection keeps one `Sleep`
 //! per purpose in a [`Reused`] and lends it to each request ([`Lent`]),
-//! which puts it back when done. The wheel then sees a connection's timer
-//! about once per timeout period instead of twice per request.
+//! which puts it back when done. The wheel then sees each of a
+//! connection's timers about once per timeout period, not once per request.
 //!
 //! A slot is per connection and its lock uncontended (an HTTP/1.1
 //! connection serves one request at a time). When the slot is empty (two
