@@ -11,9 +11,14 @@
 use std::time::Duration;
 
 use http::HeaderMap;
+use smallvec::SmallVec;
 
 use super::pool::{Standing, now_ms};
 use super::{Candidate, Chosen, Key, KeySet, KeyValue, NoCredential, Policy};
+
+/// One request's credentials, best first: held inline up to two (a key and
+/// its fallback), so the common request allocates nothing for them.
+pub(crate) type Candidates<'a> = SmallVec<[Candidate<'a>; 2]>;
 
 /// Where one key goes in the order.
 enum Place<'a> {
@@ -37,15 +42,16 @@ impl KeySet {
         &self,
         headers: &mut HeaderMap,
         probe_window: Duration,
-    ) -> Result<Vec<Candidate<'_>>, NoCredential> {
+    ) -> Result<Candidates<'_>, NoCredential> {
         let n = self.keys.len();
         let start = if self.policy == Policy::Pool {
             self.cursor.next(n)
         } else {
             0
         };
-        let now = now_ms();
-        let mut usable = Vec::with_capacity(n);
+        // A set's only key never rests (`place`): no clock to read.
+        let now = if n > 1 { now_ms() } else { 0 };
+        let mut usable = Candidates::with_capacity(n);
         let mut resting = Vec::new();
         let mut probes = 0;
         for key in self.keys.iter().cycle().skip(start).take(n) {
@@ -59,8 +65,10 @@ impl KeySet {
                 Place::Skip => {}
             }
         }
-        resting.sort_by_key(|(until, _)| *until);
-        usable.extend(resting.into_iter().map(|(_, c)| c));
+        if !resting.is_empty() {
+            resting.sort_by_key(|(until, _)| *until);
+            usable.extend(resting.into_iter().map(|(_, c)| c));
+        }
         if usable.is_empty() {
             return Err(self.why_none());
         }

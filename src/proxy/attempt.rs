@@ -130,16 +130,16 @@ pub(crate) struct Exchange<'a> {
 /// when no candidate yields a token.
 pub(crate) async fn send(
     x: &mut Exchange<'_>,
-    candidates: Vec<Candidate<'_>>,
+    candidates: &[Candidate<'_>],
     body: UpstreamBody,
 ) -> Result<Answer, ProxyError> {
     let refreshes = x.route.spec.refresh_on_reject;
     let mut body = x.keep_for_retry(body, candidates.len() > 1 || refreshes);
     let mut no_token = None;
     let mut rejected = Rejections::default();
-    let mut candidates = candidates.into_iter().peekable();
+    let mut candidates = candidates.iter().peekable();
     while let Some(candidate) = candidates.next() {
-        let mut token = match x.first_token(&candidate).await {
+        let mut token = match x.first_token(candidate).await {
             Ok(token) => token,
             Err(e) => {
                 no_token = Some(e);
@@ -149,15 +149,15 @@ pub(crate) async fn send(
         let mut refresh_left = refreshes && token.is_some() && candidate.chosen.renews();
         loop {
             let more = refresh_left || candidates.peek().is_some();
-            let tried = x.attempt(&candidate, token.as_ref(), body, more).await?;
-            if !x.wants_another(&candidate, &tried.verdict) {
+            let tried = x.attempt(candidate, token.as_ref(), body, more).await?;
+            if !x.wants_another(candidate, &tried.verdict) {
                 x.settle(rejected, false);
                 return Ok(tried.answer);
             }
             // A rejected minted credential: one retry with a fresh one.
             if refresh_left && matches!(tried.verdict, Verdict::Rejected(_)) {
                 refresh_left = false;
-                if let Some(fresh) = x.fresh_token(&candidate, token.as_ref()).await {
+                if let Some(fresh) = x.fresh_token(candidate, token.as_ref()).await {
                     let Some(next) = x.again.next() else {
                         x.over_limit();
                         x.settle(rejected, true);
@@ -175,7 +175,7 @@ pub(crate) async fn send(
             // shown it can succeed (see `settle`); a 429 rests the key now.
             let last_rejected = match tried.verdict {
                 Verdict::Rejected(_) => {
-                    rejected.add(&candidate);
+                    rejected.add(candidate);
                     true
                 }
                 verdict => {
@@ -193,7 +193,7 @@ pub(crate) async fn send(
                 x.settle(rejected, last_rejected);
                 return Ok(tried.answer);
             };
-            x.failover(&candidate, next, &tried);
+            x.failover(candidate, next, &tried);
             // The rejected answer is dropped unread; its connection is not reused.
             drop(tried);
             body = next_body;

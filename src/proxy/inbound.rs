@@ -24,12 +24,47 @@ static TOKEN_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-goog-api-key"),
 ];
 
-/// Refuses forward-proxy requests and upgrades other than WebSocket.
+/// What a request's `Upgrade` header asks for, read once per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Upgrade {
+    /// Nothing, or only `h2c` (Java's HttpClient sends it on every new
+    /// plain-HTTP connection). It may be ignored (RFC 9110 §7.8): the answer
+    /// comes in HTTP/1.1 and the header is stripped as hop-by-hop.
+    None,
+    /// A WebSocket handshake (`proxy::websocket`); `true` once the client's
+    /// connection is known to be able to switch (HTTP/1.1 only).
+    WebSocket(bool),
+    /// Another protocol, which cannot be proxied: refused.
+    Other,
+}
+
+impl Upgrade {
+    /// The tokens of `headers`' `Upgrade`.
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut found = Self::None;
+        let tokens = headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii);
+        for token in tokens {
+            if token.eq_ignore_ascii_case(b"websocket") {
+                found = Self::WebSocket(false);
+            } else if !token.eq_ignore_ascii_case(b"h2c") {
+                return Self::Other;
+            }
+        }
+        found
+    }
+}
+
+/// Refuses forward-proxy requests and upgrades other than WebSocket
+/// (`upgrade`: what [`Upgrade::of`] read from the request).
 ///
 /// # Errors
 ///
 /// [`ProxyError::Connect`], [`ProxyError::AbsoluteForm`], [`ProxyError::Upgrade`].
-pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
+pub(crate) fn check(parts: &request::Parts, upgrade: Upgrade) -> Result<(), ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(ProxyError::Connect);
     }
@@ -38,18 +73,8 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
         return Err(ProxyError::AbsoluteForm);
     }
-    // `Upgrade: h2c` (Java's HttpClient sends it on every new plain-HTTP
-    // connection) may be ignored (RFC 9110 §7.8): the answer comes in
-    // HTTP/1.1 and the header is stripped as hop-by-hop. WebSocket is
-    // proxied (`proxy::websocket`); other upgrades cannot be.
-    if parts
-        .headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .any(|t| !t.eq_ignore_ascii_case(b"h2c") && !t.eq_ignore_ascii_case(b"websocket"))
-    {
+    // WebSocket is proxied (`proxy::websocket`); other upgrades cannot be.
+    if upgrade == Upgrade::Other {
         return Err(ProxyError::Upgrade);
     }
     // The route, the model allowlist and the Azure deployment are read from
@@ -58,18 +83,18 @@ pub(crate) fn check(parts: &request::Parts) -> Result<(), ProxyError> {
     // than the one checked.
     // A raw `\` is refused outright, like an encoded one: servers that read
     // it as `/` (IIS, some front ends and path normalisers) see `..\` as a
-    // dot segment, and no provider path has one. Dot segments and encoded slashes need a `.` or a `%`: a
-    // path with neither is split no further.
+    // dot segment, and no provider path has one. Dot segments and encoded
+    // slashes need a `.` or a `%`: a path with neither is split no further.
     let path = parts.uri.path();
-    let mut suspect = false;
-    for b in path.bytes() {
-        match b {
-            b'\\' => return Err(ProxyError::DotSegment),
-            b'.' | b'%' => suspect = true,
-            _ => {}
-        }
+    // One pass without early exit, so the compiler can scan 16 or 32 bytes
+    // at a time: bit 0 a `\`, bit 1 a `.` or `%`.
+    let found = path.bytes().fold(0u8, |found, b| {
+        found | u8::from(b == b'\\') | (u8::from(b == b'.' || b == b'%') << 1)
+    });
+    if found & 1 != 0 {
+        return Err(ProxyError::DotSegment);
     }
-    if !suspect {
+    if found == 0 {
         return Ok(());
     }
     // One exception: a Bedrock model id (the segment after `model`) is an
@@ -176,13 +201,32 @@ pub(crate) fn authorize(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Prox
 
 #[cfg(test)]
 mod tests {
-    use super::{has_encoded_backslash, is_dot, is_dot_or_slash};
+    use super::{Upgrade, has_encoded_backslash, is_dot, is_dot_or_slash};
+
+    #[test]
+    fn upgrade_tokens_are_read_in_one_pass() {
+        let of = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(http::header::UPGRADE, v.parse().unwrap());
+            }
+            Upgrade::of(&h)
+        };
+        assert_eq!(of(&[]), Upgrade::None);
+        assert_eq!(of(&["h2c"]), Upgrade::None);
+        assert_eq!(of(&["WebSocket"]), Upgrade::WebSocket(false));
+        assert_eq!(of(&["h2c, websocket"]), Upgrade::WebSocket(false));
+        assert_eq!(of(&["h2c", " websocket "]), Upgrade::WebSocket(false));
+        // Anything else is refused, even beside `websocket`.
+        assert_eq!(of(&["websocket, h3"]), Upgrade::Other);
+        assert_eq!(of(&["h2c", "TLS/1.2"]), Upgrade::Other);
+    }
 
     #[test]
     fn a_bedrock_model_id_may_hold_an_encoded_slash_but_no_dots() {
         let check = |path: &str| {
             let (parts, ()) = http::Request::post(path).body(()).unwrap().into_parts();
-            super::check(&parts).is_ok()
+            super::check(&parts, super::Upgrade::None).is_ok()
         };
         assert!(check(
             "/bedrock/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.x/converse"
@@ -201,7 +245,7 @@ mod tests {
     fn a_backslash_is_refused_anywhere_in_the_path() {
         let check = |path: &str| {
             let (parts, ()) = http::Request::post(path).body(()).unwrap().into_parts();
-            super::check(&parts).is_ok()
+            super::check(&parts, super::Upgrade::None).is_ok()
         };
         for bad in [
             r"/gem/v1beta/models/ok/..\..\..\v1beta\models\forbidden:generateContent",
@@ -273,7 +317,7 @@ mod tests {
                     return Ok(());
                 };
                 let (parts, ()) = req.into_parts();
-                if super::super::check(&parts).is_err() {
+                if super::super::check(&parts, super::super::Upgrade::None).is_err() {
                     return Ok(());
                 }
                 let (name, rest) = split_path(parts.uri.path());

@@ -77,12 +77,13 @@ pub(crate) async fn handle(
     let (mut parts, body) = req.into_parts();
     // A WebSocket handshake: the client's side of the upgrade is taken now
     // (the steps consume the rest of the request).
-    let ws = websocket::requested(&parts.headers);
-    let client_upgrade = if ws {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    };
+    let mut upgrade = inbound::Upgrade::of(&parts.headers);
+    let mut client_upgrade = None;
+    if upgrade == inbound::Upgrade::WebSocket(false) {
+        client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        upgrade = inbound::Upgrade::WebSocket(client_upgrade.is_some());
+    }
+    let ws = matches!(upgrade, inbound::Upgrade::WebSocket(_));
     let method = parts.method.clone();
     let mut cx = RequestCtx::default();
     // Field values are only evaluated when the span is enabled: with INFO
@@ -93,7 +94,6 @@ pub(crate) async fn handle(
         route = tracing::field::Empty
     );
 
-    let handshake = ws.then_some(client_upgrade.is_some());
     // The steps run in the request span, entered on each poll. Not with
     // `.instrument()`: that moved the steps' future (2.5 KB) twice per
     // request, while a future pinned where it is made is built in place.
@@ -104,7 +104,7 @@ pub(crate) async fn handle(
             &mut parts,
             body,
             &mut cx,
-            handshake,
+            upgrade,
             &conn,
         ));
         std::future::poll_fn(|task| {
@@ -227,18 +227,20 @@ async fn handle_inner(
     parts: &mut request::Parts,
     body: Incoming,
     cx: &mut RequestCtx,
-    handshake: Option<bool>,
+    upgrade: inbound::Upgrade,
     conn: &conn::Conn,
 ) -> Result<attempt::Answer, ProxyError> {
     let uri = &parts.uri;
-    inbound::check(parts)?;
+    inbound::check(parts, upgrade)?;
     origin::check(&snap.config, parts, conn.loopback)?;
     inbound::authorize(snap, &parts.headers)?;
-    // `handshake`: a WebSocket handshake, and whether the client's
-    // connection can switch (HTTP/1.1 only).
-    if handshake == Some(false) {
-        return Err(ProxyError::Upgrade);
-    }
+    // A WebSocket handshake needs a client connection that can switch
+    // (HTTP/1.1 only).
+    let handshake = match upgrade {
+        inbound::Upgrade::WebSocket(true) => true,
+        inbound::Upgrade::WebSocket(false) => return Err(ProxyError::Upgrade),
+        inbound::Upgrade::None | inbound::Upgrade::Other => false,
+    };
 
     // 1. Route by the first path segment; the rest and the query go to the
     //    route's upstream.
@@ -270,7 +272,7 @@ async fn handle_inner(
         max: limits.max_replay_body,
         timeout: snap.config.limits.body_read_timeout,
     };
-    let mut body = if handshake.is_some() {
+    let mut body = if handshake {
         websocket::prepare(&mut parts.headers);
         websocket::check_model(route, rest, plan.deployment, query.as_deref())?;
         crate::upstream::UpstreamBody::stream(body)
@@ -307,7 +309,7 @@ async fn handle_inner(
         },
         prepared,
     );
-    let answer = attempt::send(&mut exchange, candidates, body).await;
+    let answer = attempt::send(&mut exchange, &candidates, body).await;
     if let Ok(a) = &answer {
         cx.attempts = a.attempts;
         cx.fingerprint = a.fingerprint;

@@ -38,43 +38,47 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(Kind) -> bool) {
     let mut inline: [Option<HeaderName>; INLINE] = Default::default();
     let mut slots = inline.iter_mut();
     let mut more: Vec<HeaderName> = Vec::new();
-    let mut connection = false;
-    for name in headers.keys() {
-        if doomed(kind(name)) {
-            connection |= name == header::CONNECTION;
-            match slots.next() {
-                Some(slot) => *slot = Some(name.clone()),
-                None => more.push(name.clone()),
-            }
+    let mut last: Option<&HeaderName> = None;
+    // Value by value, so `Connection`'s are read in the same pass; a name
+    // with several values comes once per value, in a row.
+    for (name, value) in headers.iter() {
+        if !doomed(kind(name)) {
+            continue;
         }
-    }
-    if connection {
-        connection_named(headers, &mut more);
+        if name == header::CONNECTION {
+            connection_named(value, &mut more);
+        }
+        if last == Some(name) {
+            continue;
+        }
+        last = Some(name);
+        match slots.next() {
+            Some(slot) => *slot = Some(name.clone()),
+            None => more.push(name.clone()),
+        }
     }
     for name in inline.iter().flatten().chain(&more) {
         headers.remove(name);
     }
 }
 
-/// Adds the headers that `Connection` names (RFC 9110 §7.6.1: "remove every
-/// field it names") to `found`.
-fn connection_named(headers: &HeaderMap, found: &mut Vec<HeaderName>) {
-    for value in headers.get_all(header::CONNECTION) {
-        // `keep-alive` and `close` are what almost every peer sends: the
-        // first is removed anyway, the second names no header.
-        if names_nothing(value.as_bytes().trim_ascii()) {
+/// Adds the headers that one `Connection` value names (RFC 9110 §7.6.1:
+/// "remove every field it names") to `found`.
+fn connection_named(value: &http::HeaderValue, found: &mut Vec<HeaderName>) {
+    // `keep-alive` and `close` are what almost every peer sends: the first
+    // is removed anyway, the second names no header.
+    if names_nothing(value.as_bytes().trim_ascii()) {
+        return;
+    }
+    let Ok(value) = value.to_str() else { return };
+    for token in value.split(',').map(str::trim) {
+        if names_nothing(token.as_bytes()) {
             continue;
         }
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            if names_nothing(token.as_bytes()) {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                && !found.contains(&name)
-            {
-                found.push(name);
-            }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && !found.contains(&name)
+        {
+            found.push(name);
         }
     }
 }

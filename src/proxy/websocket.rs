@@ -61,15 +61,6 @@ const CLOSE_LINGER: Duration = Duration::from_secs(10);
 /// Copy buffer per direction.
 const BUF: usize = 16 << 10;
 
-/// Whether the request asks for a WebSocket (`Upgrade: websocket`).
-pub(crate) fn requested(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
-}
-
 /// Readies a handshake's headers for the upstream, after
 /// [`strip::request`]: the browser's key subprotocol goes (the others stay;
 /// the header goes when none is left), and `Connection: Upgrade` and
@@ -419,15 +410,5 @@ mod tests {
         );
         prepare(&mut h);
         assert!(!h.contains_key(header::SEC_WEBSOCKET_PROTOCOL));
-    }
-
-    #[test]
-    fn websocket_is_found_among_upgrade_tokens() {
-        let mut h = HeaderMap::new();
-        assert!(!requested(&h));
-        h.insert(header::UPGRADE, "h2c".parse().unwrap());
-        assert!(!requested(&h));
-        h.insert(header::UPGRADE, "WebSocket".parse().unwrap());
-        assert!(requested(&h));
     }
 }
