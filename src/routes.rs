@@ -169,7 +169,9 @@ impl RouteTable {
 /// Splits `/name/rest...` into `("name", "/rest...")`; `/name` gives `("name", "")`.
 pub(crate) fn split_path(path: &str) -> (&str, &str) {
     let path = path.strip_prefix('/').unwrap_or(path);
-    match path.find('/') {
+    // `memchr` rather than `find`: a SIMD scan, where `find` goes byte by
+    // byte over a path this short.
+    match memchr::memchr(b'/', path.as_bytes()) {
         Some(i) => path.split_at(i),
         None => (path, ""),
     }

@@ -71,7 +71,7 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ProxyErro
 /// every request: no allocation, and the usual `127.0.0.1` and `localhost`
 /// are settled by one comparison.
 fn host_allowed(allowed: &[String], host: &str) -> bool {
-    let name = without_port(host.trim());
+    let name = without_port(host.trim_ascii());
     let name = name.strip_suffix('.').unwrap_or(name);
     if name == "127.0.0.1" || name.eq_ignore_ascii_case("localhost") {
         return true;
@@ -96,8 +96,10 @@ fn without_port(host: &str) -> &str {
             None => host,
         };
     }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+    // `memrchr` rather than `rsplit_once`: one SIMD scan.
+    let colon = memchr::memrchr(b':', host.as_bytes());
+    match colon.and_then(|i| host.split_at_checked(i)) {
+        Some((name, port)) if port.bytes().skip(1).all(|b| b.is_ascii_digit()) => name,
         _ => host,
     }
 }

@@ -32,7 +32,7 @@ pub(crate) fn hop_by_hop(headers: &mut HeaderMap) {
 
 /// How many names found are held without allocating: more than a request
 /// or response usually carries (`Host` and a credential; `Connection`).
-const INLINE: usize = 8;
+const INLINE: usize = 4;
 
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(Kind) -> bool) {
     let mut inline: [Option<HeaderName>; INLINE] = Default::default();
