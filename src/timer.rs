@@ -10,6 +10,7 @@
 //! per purpose in a [`Reused`] and lends it to each request ([`Lent`]),
 //! which puts it back when done. The wheel then sees each of a
 //! connection's timers about once per timeout period, not once per request.
+//! [`within`] is `tokio::time::timeout` on such a timer.
 //!
 //! A slot is per connection and its lock uncontended (an HTTP/1.1
 //! connection serves one request at a time). When the slot is empty (two
@@ -155,11 +156,44 @@ impl hyper::rt::Timer for ConnTimer {
 
 impl hyper::rt::Sleep for Lent<Arc<Reused>> {}
 
+/// `fut`'s output, or `None` if `after` passes first: tokio's `timeout` on
+/// a timer borrowed from `home`. A result that is there is taken even at
+/// the deadline.
+pub(crate) async fn within<F: Future>(home: &Reused, after: Duration, fut: F) -> Option<F::Output> {
+    let mut deadline = Reused::lend_for(home, after);
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        Pin::new(&mut deadline).poll(cx).map(|()| None)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
+
+    /// `within` gives the output when it comes in time, `None` at the
+    /// deadline, and the timer back either way.
+    #[tokio::test(start_paused = true)]
+    async fn within_is_a_timeout_on_the_lent_timer() {
+        let home = Reused::default();
+        let quick = within(&home, Duration::from_secs(5), async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            7
+        });
+        assert_eq!(quick.await, Some(7));
+        assert!(home.slot.lock().unwrap().is_some(), "given back");
+        let start = Instant::now();
+        let slow = within(&home, Duration::from_secs(5), std::future::pending::<()>());
+        assert_eq!(slow.await, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert!(home.slot.lock().unwrap().is_some(), "given back");
+    }
 
     /// The timer fires at its deadline, and the next loan gets the same
     /// `Sleep` back, reset.

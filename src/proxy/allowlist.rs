@@ -20,15 +20,18 @@ use hyper::body::Incoming;
 use crate::error::ProxyError;
 use crate::providers::ModelIn;
 use crate::routes::Route;
+use crate::timer::{self, Reused};
 use crate::upstream::UpstreamBody;
 
 /// How much of a request body sidekey reads itself, and for how long.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ReadLimits {
+pub(crate) struct ReadLimits<'a> {
     /// `limits.max_replay_body`.
     pub(crate) max: u64,
     /// `limits.body_read_timeout`: the whole body must arrive within it.
     pub(crate) timeout: Duration,
+    /// The connection's timer for it.
+    pub(crate) timer: &'a Reused,
 }
 
 /// Lets the request through or refuses it. Returns the body to send on:
@@ -45,7 +48,7 @@ pub(crate) async fn check(
     deployment: Option<&str>,
     headers: &HeaderMap,
     body: Incoming,
-    limit: ReadLimits,
+    limit: ReadLimits<'_>,
 ) -> Result<UpstreamBody, ProxyError> {
     if route.models.is_none() {
         return Ok(UpstreamBody::stream(body));
@@ -53,26 +56,31 @@ pub(crate) async fn check(
     let (model, body) = match route.spec.model_in {
         ModelIn::JsonBody => {
             let bytes = read_body(route, headers, body, limit).await?;
-            let model = model_from_json(&bytes).map(Cow::into_owned);
-            (model, UpstreamBody::buffered(bytes))
+            // Judged while the model still borrows the body's bytes.
+            judge(route, model_from_json(&bytes).as_deref(), bytes.is_empty())?;
+            return Ok(UpstreamBody::buffered(bytes));
         }
         ModelIn::PathModelsSegment => (
-            models_segment(rest).map(str::to_owned),
+            models_segment(rest).map(Cow::Borrowed),
             UpstreamBody::stream(body),
         ),
-        ModelIn::PathModelSegment => (
-            model_segment(rest).map(Cow::into_owned),
-            UpstreamBody::stream(body),
-        ),
-        ModelIn::AzureDeployment => (deployment.map(str::to_owned), UpstreamBody::stream(body)),
+        ModelIn::PathModelSegment => (model_segment(rest), UpstreamBody::stream(body)),
+        ModelIn::AzureDeployment => (deployment.map(Cow::Borrowed), UpstreamBody::stream(body)),
     };
+    judge(route, model.as_deref(), is_empty(&body))?;
+    Ok(body)
+}
+
+/// Lets `model` through or refuses it; a request without one passes only
+/// if it has no body (`empty`).
+fn judge(route: &Route, model: Option<&str>, empty: bool) -> Result<(), ProxyError> {
     match model {
-        Some(model) if route.allows(&model) => Ok(body),
+        Some(model) if route.allows(model) => Ok(()),
         Some(model) => Err(ProxyError::ModelNotAllowed {
             route: route.name.to_string(),
-            model,
+            model: model.to_owned(),
         }),
-        None if is_empty(&body) => Ok(body),
+        None if empty => Ok(()),
         None => Err(ProxyError::NoModel {
             route: route.name.to_string(),
         }),
@@ -107,7 +115,7 @@ pub(crate) async fn read_body(
     route: &Route,
     headers: &HeaderMap,
     body: Incoming,
-    limits: ReadLimits,
+    limits: ReadLimits<'_>,
 ) -> Result<Bytes, ProxyError> {
     let limit = limits.max;
     let too_large = || ProxyError::BodyTooLarge {
@@ -122,8 +130,8 @@ pub(crate) async fn read_body(
         return Err(too_large());
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let read = tokio::time::timeout(limits.timeout, Limited::new(body, limit).collect());
-    let Ok(read) = read.await else {
+    let read = Limited::new(body, limit).collect();
+    let Some(read) = timer::within(limits.timer, limits.timeout, read).await else {
         return Err(ProxyError::BodyTimeout {
             route: route.name.to_string(),
             after: limits.timeout,
@@ -149,7 +157,7 @@ pub(crate) async fn in_memory(
     route: &Route,
     headers: &HeaderMap,
     body: UpstreamBody,
-    limit: ReadLimits,
+    limit: ReadLimits<'_>,
 ) -> Result<UpstreamBody, ProxyError> {
     match body {
         UpstreamBody::Stream { body } => Ok(UpstreamBody::buffered(
@@ -159,14 +167,44 @@ pub(crate) async fn in_memory(
     }
 }
 
-/// The `model` of a JSON object body.
+/// The `model` of a JSON object body, borrowed from it unless it holds
+/// escapes (the usual request allocates nothing for it).
 fn model_from_json(bytes: &[u8]) -> Option<Cow<'_, str>> {
     #[derive(serde::Deserialize)]
     struct ModelOnly<'a> {
         #[serde(borrow)]
-        model: Option<Cow<'a, str>>,
+        model: Option<Text<'a>>,
     }
-    serde_json::from_slice::<ModelOnly<'_>>(bytes).ok()?.model
+    serde_json::from_slice::<ModelOnly<'_>>(bytes)
+        .ok()?
+        .model
+        .map(|t| t.0)
+}
+
+/// A JSON string. serde's own `Cow<str>` is always owned inside an
+/// `Option`; this one borrows what it can.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visitor(std::marker::PhantomData))
+    }
 }
 
 /// `.../models/{model}:method` or `.../models/{model}` (Gemini, Vertex).
@@ -222,6 +260,17 @@ mod tests {
         );
         assert_eq!(model_from_json(br#"{"messages":[]}"#), None);
         assert_eq!(model_from_json(b"not json"), None);
+        assert_eq!(model_from_json(br#"{"model":null}"#), None);
+        assert_eq!(model_from_json(br#"{"model":4}"#), None);
+        // Borrowed from the body; decoded (and owned) only with escapes.
+        assert!(matches!(
+            model_from_json(br#"{"messages":[{"content":"a \"model\""}],"model":"gpt-4o"}"#),
+            Some(Cow::Borrowed("gpt-4o"))
+        ));
+        assert!(matches!(
+            model_from_json(br#"{"model":"gpt\u002d4o"}"#),
+            Some(Cow::Owned(m)) if m == "gpt-4o"
+        ));
         assert_eq!(
             models_segment("/v1beta/models/gemini-2.0-flash:generateContent"),
             Some("gemini-2.0-flash")

@@ -7,8 +7,9 @@
 //! connection (and every request on it) is done. An HTTP/1.1 connection
 //! that switches to a WebSocket leaves hyper at the `101`, so the tunnel
 //! takes the place over ([`Conn::take_place`]): an open WebSocket keeps
-//! counting until it closes. It also holds the timer its requests take in
-//! turn to wait for a response head ([`crate::timer`]).
+//! counting until it closes. It also holds the timers its requests take in
+//! turn to wait for a response head and for a body read whole
+//! ([`crate::timer`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -56,6 +57,11 @@ pub(crate) struct Conn {
     /// The timer of `limits.request_timeout` (the wait for a response
     /// head), lent to each request in turn.
     pub(crate) head_wait: Reused,
+    /// The timer of `limits.body_read_timeout` (a body read whole for the
+    /// model allowlist or a signature). Its own: a deadline of another
+    /// length would move the head-wait timer earlier, which costs a
+    /// re-insert into the timer wheel.
+    pub(crate) body_wait: Reused,
 }
 
 impl Conn {
@@ -66,6 +72,7 @@ impl Conn {
             loopback,
             place: Mutex::new(Some(place)),
             head_wait: Reused::default(),
+            body_wait: Reused::default(),
         })
     }
 

@@ -271,6 +271,7 @@ async fn handle_inner(
     let limit = allowlist::ReadLimits {
         max: limits.max_replay_body,
         timeout: snap.config.limits.body_read_timeout,
+        timer: &conn.body_wait,
     };
     let mut body = if handshake {
         websocket::prepare(&mut parts.headers);
