@@ -59,8 +59,8 @@
 //!   caps, never blocking on a FIFO), [`Secret`] (redacts and wipes), `env`
 //!   (environment lookup passed in; tests use a map, not `set_var`),
 //!   `metrics` (lock-free counters and the Prometheus text), `timer` (the
-//!   timers a connection lends each request: hyper's header-read timer and
-//!   the wait for a response head).
+//!   timers a connection lends each request: hyper's header-read timer,
+//!   the wait for a response head, the read of a body kept whole).
 //! - [`check`], [`cli`], [`shutdown`], [`telemetry`], [`hardening`] (core
 //!   dumps off at start): the binary's pieces.
 //!
