@@ -186,6 +186,36 @@ async fn sidekey_errors_use_the_envelope_and_name_the_route() {
     );
 }
 
+/// The allowlist reads the model as the provider will: JSON escapes are
+/// decoded, so `gpt\u002d3.5` is refused as `gpt-3.5`, and an allowed model
+/// written with escapes goes through, its body forwarded byte for byte.
+#[tokio::test]
+async fn json_escapes_neither_hide_nor_block_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(Transport::Plain, |_| Reply::ok()).await;
+    let key = write_key(dir.path(), "key", SECRET);
+    let config = format!(
+        "[routes.ok]\ntype = \"openai\"\nupstream = \"{url}\"\nkey = \"path::{key}\"\nmodels = [\"gpt-4o\"]\n",
+        url = mock.url,
+    );
+    let sidekey = start_in(dir.path(), &config, MapEnv::default()).await;
+    let url = sidekey.url("/ok/v1/chat/completions");
+
+    let hidden = r#"{"model":"gpt\u002d3.5","messages":[]}"#;
+    let resp = client::post_json(&url, &[], hidden).await;
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    assert_eq!(resp.error_code(), "model_not_allowed");
+    assert!(resp.text().contains("gpt-3.5"), "{}", resp.text());
+    assert!(mock.requests().is_empty(), "nothing reached the provider");
+
+    let escaped = r#"{"messages":[{"content":"say \"hi\""}],"model":"gpt\u002d4o"}"#;
+    let resp = client::post_json(&url, &[], escaped).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, Bytes::from_static(escaped.as_bytes()));
+}
+
 #[tokio::test]
 async fn unreachable_upstream_fails_fast() {
     // A blackholed address would take connect_timeout; a refused port must be
