@@ -157,18 +157,39 @@ impl hyper::rt::Timer for ConnTimer {
 impl hyper::rt::Sleep for Lent<Arc<Reused>> {}
 
 /// `fut`'s output, or `None` if `after` passes first: tokio's `timeout` on
-/// a timer borrowed from `home`. A result that is there is taken even at
-/// the deadline.
-pub(crate) async fn within<F: Future>(home: &Reused, after: Duration, fut: F) -> Option<F::Output> {
-    let mut deadline = Reused::lend_for(home, after);
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+/// a timer borrowed from `home`.
+pub(crate) fn within<H: Deref<Target = Reused> + Unpin, F: Future>(
+    home: H,
+    after: Duration,
+    fut: F,
+) -> Within<H, F> {
+    Within {
+        fut,
+        deadline: Reused::lend_for(home, after),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`within`], written out so that it holds `fut` once
+    /// (an `async fn` keeps an argument it owns twice in its state).
+    pub(crate) struct Within<H: Deref<Target = Reused>, F> {
+        #[pin]
+        fut: F,
+        deadline: Lent<H>,
+    }
+}
+
+impl<H: Deref<Target = Reused> + Unpin, F: Future> Future for Within<H, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // The result first: one that is there is taken even at the deadline.
+        if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        Pin::new(&mut deadline).poll(cx).map(|()| None)
-    })
-    .await
+        Pin::new(this.deadline).poll(cx).map(|()| None)
+    }
 }
 
 #[cfg(test)]

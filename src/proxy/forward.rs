@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::routes::Route;
-use crate::timer::{Lent, Reused};
+use crate::timer::{self, Reused, Within};
 use crate::upstream::{Error, LaneGuard, UpstreamBody};
 
 /// Sends `req` through the route's client. The request is handed to a
@@ -37,8 +37,7 @@ pub(crate) fn send<'a>(
     head_wait: &'a Reused,
 ) -> impl Future<Output = Result<(Response<Incoming>, LaneGuard), ProxyError>> + Send + 'a {
     Forward {
-        head: route.client.send(req),
-        deadline: Reused::lend_for(head_wait, timeout),
+        head: timer::within(head_wait, timeout, route.client.send(req)),
         route,
         host,
         after: timeout,
@@ -49,8 +48,7 @@ pin_project_lite::pin_project! {
     /// The response head, or the error naming route and host.
     struct Forward<'a, F> {
         #[pin]
-        head: F,
-        deadline: Lent<&'a Reused>,
+        head: Within<&'a Reused, F>,
         route: &'a Route,
         host: &'a str,
         after: Duration,
@@ -65,25 +63,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // The head first: an answer that is there is taken even at the deadline.
-        match this.head.poll(cx) {
-            Poll::Ready(Ok(answer)) => return Poll::Ready(Ok(answer)),
-            Poll::Ready(Err(e)) => {
-                return Poll::Ready(Err(ProxyError::UpstreamUnreachable {
-                    route: this.route.name.to_string(),
-                    upstream: (*this.host).to_owned(),
-                    reason: e.to_string(),
-                }));
-            }
-            Poll::Pending => {}
-        }
-        match Pin::new(this.deadline).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(ProxyError::UpstreamTimeout {
+        Poll::Ready(match ready!(this.head.poll(cx)) {
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(e)) => Err(ProxyError::UpstreamUnreachable {
+                route: this.route.name.to_string(),
+                upstream: (*this.host).to_owned(),
+                reason: e.to_string(),
+            }),
+            None => Err(ProxyError::UpstreamTimeout {
                 route: this.route.name.to_string(),
                 upstream: (*this.host).to_owned(),
                 after: *this.after,
-            })),
-            Poll::Pending => Poll::Pending,
-        }
+            }),
+        })
     }
 }
