@@ -259,7 +259,12 @@ impl<'a> Exchange<'a> {
             (other, _) => other.clone(),
         };
         let (mut headers, uri) = if more && self.again.possible() {
-            (self.headers.clone(), self.uri.clone())
+            // The map that goes out is the one hyper parsed: it has room for
+            // the credential and `Host`, and hyper parses the answer's
+            // headers into it once it is written. The copy (with exactly
+            // its entries' room) waits for an attempt that is rarely made.
+            let kept = self.headers.clone();
+            (std::mem::replace(&mut self.headers, kept), self.uri.clone())
         } else {
             (
                 std::mem::take(&mut self.headers),
