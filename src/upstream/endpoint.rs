@@ -27,9 +27,10 @@
 //!
 //! Idle connections expire: a sweeper task, alive only while the host has
 //! connections, closes those idle for [`IDLE_TIMEOUT`] (give or take one
-//! sweep). An HTTP/1.1 connection is stamped when it goes back on the stack;
-//! an HTTP/2 lane is stamped by the sweeper when it first finds it without
-//! streams, so the HTTP/2 request path only clears the stamp.
+//! sweep). The sweeper stamps an HTTP/1.1 connection when it first finds it
+//! on the idle stack, and an HTTP/2 lane when it first finds it without
+//! streams, so the request path never reads the clock for this (an HTTP/2
+//! request only clears the stamp).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -91,7 +92,8 @@ pub(crate) struct Endpoint {
 #[derive(Debug)]
 struct Idle {
     tx: http1::SendRequest<UpstreamBody>,
-    since: Instant,
+    /// When a sweep first found it idle.
+    since: Option<Instant>,
 }
 
 /// One HTTP/2 connection and the requests in flight on it.
@@ -351,10 +353,7 @@ impl Endpoint {
             if idle.len() >= MAX_IDLE_PER_HOST {
                 return;
             }
-            idle.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+            idle.push(Idle { tx, since: None });
         }
         self.start_sweeping();
     }
@@ -404,7 +403,11 @@ impl Endpoint {
 
     /// Starts the sweeper unless it runs.
     fn start_sweeping(self: &Arc<Self>) {
-        if self.sweeping.swap(true, Ordering::AcqRel) {
+        // Read before the swap (a plain load, not a locked instruction): a
+        // connection goes back to idle after every request, and the sweeper
+        // almost always runs already. SeqCst with the sweeper's store: one
+        // of the two sees the other's connection or flag (see `sweeper`).
+        if self.sweeping.load(Ordering::SeqCst) || self.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -419,7 +422,10 @@ impl Endpoint {
         let now = Instant::now();
         let left_idle = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            idle.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.tx.is_closed());
+            idle.retain_mut(|i| {
+                let since = *i.since.get_or_insert(now);
+                now.duration_since(since) < IDLE_TIMEOUT && !i.tx.is_closed()
+            });
             !idle.is_empty()
         };
         // Never 0, which means "in use".
@@ -490,7 +496,7 @@ async fn sweeper(endpoint: Weak<Endpoint>) {
         if ep.sweep() {
             continue;
         }
-        ep.sweeping.store(false, Ordering::Release);
+        ep.sweeping.store(false, Ordering::SeqCst);
         // A connection returned between the sweep and the store above
         // would otherwise wait for the next request to start a sweeper.
         if !ep.has_connections() || ep.sweeping.swap(true, Ordering::AcqRel) {
