@@ -89,29 +89,29 @@ async fn every_family_streams_incrementally() {
     }
 }
 
-/// An upstream that goes silent mid-stream is cut after
-/// `limits.request_timeout` of silence: the client gets what came, then an
-/// error, rather than waiting for ever. Bounded: the whole test has 20 s.
-#[tokio::test]
-async fn a_stream_that_goes_silent_is_cut_after_the_request_timeout() {
-    use http_body_util::BodyExt as _;
+/// sidekey with `request_timeout = 1s` in front of an upstream that streams
+/// `n` events `gap` apart, and the streamed response to a request.
+async fn stream_through_one_second_timeout(
+    dir: &std::path::Path,
+    n: usize,
+    gap: Duration,
+) -> (
+    http::Response<hyper::body::Incoming>,
+    Mock,
+    common::sidekey::Running,
+) {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    // The second event would come a minute later.
-    let mock = Mock::start(Transport::Tls(&pki), |_| {
-        Reply::sse(events(2), Duration::from_secs(60))
-    })
-    .await;
+    let pki = TestPki::new(dir);
+    let mock = Mock::start(Transport::Tls(&pki), move |_| Reply::sse(events(n), gap)).await;
     let config = format!(
         "ca_file = \"{ca}\"\n[limits]\nrequest_timeout = \"1s\"\n\
          [routes.openai]\ntype = \"openai\"\nupstream = \"{url}\"\nkey = \"env::K\"\n",
         ca = pki.ca_file.display(),
         url = mock.url
     );
-    let sidekey = start_in(dir.path(), &config, MapEnv::new([("K", "sk-stream")])).await;
+    let sidekey = start_in(dir, &config, MapEnv::new([("K", "sk-stream")])).await;
     let req = request(
         Method::POST,
         &sidekey.url("/openai/v1/chat/completions"),
@@ -119,9 +119,23 @@ async fn a_stream_that_goes_silent_is_cut_after_the_request_timeout() {
         r#"{"model":"m","stream":true}"#,
     );
     let client = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    (resp, mock, sidekey)
+}
+
+/// An upstream that goes silent mid-stream is cut after
+/// `limits.request_timeout` of silence: the client gets what came, then an
+/// error, rather than waiting for ever. Bounded: the whole test has 20 s.
+#[tokio::test]
+async fn a_stream_that_goes_silent_is_cut_after_the_request_timeout() {
+    use http_body_util::BodyExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
     tokio::time::timeout(Duration::from_secs(20), async {
-        let resp = client.request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
+        // The second event would come a minute later.
+        let (resp, _mock, _sidekey) =
+            stream_through_one_second_timeout(dir.path(), 2, Duration::from_secs(60)).await;
         let mut body = resp.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, Bytes::from(events(1).concat()));
@@ -138,4 +152,28 @@ async fn a_stream_that_goes_silent_is_cut_after_the_request_timeout() {
     })
     .await
     .expect("the silent stream was not cut");
+}
+
+/// The timeout is for silence, not for the whole stream: each event starts
+/// it again, so a stream whose events come 400 ms apart runs well past the
+/// 1 s `request_timeout` and arrives whole. Bounded: the whole test has 20 s.
+#[tokio::test]
+async fn a_stream_that_keeps_talking_outlives_the_request_timeout() {
+    use http_body_util::BodyExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let began = tokio::time::Instant::now();
+        let (resp, _mock, _sidekey) =
+            stream_through_one_second_timeout(dir.path(), 6, Duration::from_millis(400)).await;
+        let body = resp.into_body().collect().await;
+        let body = body.expect("the stream was cut").to_bytes();
+        assert_eq!(body, Bytes::from(events(6).concat()));
+        assert!(
+            began.elapsed() >= Duration::from_secs(2),
+            "the stream should have lasted 2 s, past the timeout"
+        );
+    })
+    .await
+    .expect("the stream did not end");
 }

@@ -159,8 +159,10 @@ pin_project_lite::pin_project! {
             // whole never touches the timer.
             #[pin]
             idle: Option<Sleep>,
-            // When the upstream last sent a frame (or the answer began).
-            since: Instant,
+            // When the current silence began: the first wait after a frame
+            // (or after the head). `None` until then, so a frame read at
+            // once costs no clock read.
+            since: Option<Instant>,
             timeout: Duration,
         },
         Local {
@@ -185,7 +187,7 @@ impl ResponseBody {
             inner: Inner::Upstream {
                 body,
                 idle: None,
-                since: Instant::now(),
+                since: None,
                 timeout,
             },
             prefix,
@@ -248,7 +250,7 @@ impl Body for ResponseBody {
                             done.outcome = Outcome::Complete;
                         }
                     } else {
-                        *since = Instant::now();
+                        *since = None;
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -256,7 +258,8 @@ impl Body for ResponseBody {
                 Poll::Ready(None) => (None, Outcome::Complete),
                 Poll::Pending => {
                     // A timeout too long to represent never fires.
-                    let Some(deadline) = since.checked_add(*timeout) else {
+                    let began = *since.get_or_insert_with(Instant::now);
+                    let Some(deadline) = began.checked_add(*timeout) else {
                         return Poll::Pending;
                     };
                     match idle.as_mut().as_pin_mut() {
