@@ -3,7 +3,8 @@
 //! WebSocket keeps its place), a connection that never shows its protocol,
 //! stalls in a head or sits idle is closed after `header_read_timeout`, a head past `max_header_bytes` gets
 //! 431, a body sidekey reads itself that stalls gets 408 after
-//! `body_read_timeout`, and replay buffers share `max_replay_total`.
+//! `body_read_timeout` (one that grows past `max_replay_body` gets 413, in
+//! one piece or many), and replay buffers share `max_replay_total`.
 //!
 //! Raw sockets on 127.0.0.1, so the tests control every byte. Waits for
 //! something to happen are bounded; a check that something does *not*
@@ -364,6 +365,73 @@ async fn a_stalled_body_on_an_allowlist_route_gets_408() {
     assert_eq!(
         metric(&sk, "sidekey_limited_total{limit=\"body_read_timeout\"} ").await,
         1.0
+    );
+    sk.stop().await;
+}
+
+/// A body the allowlist reads may come in pieces: a chunked body sent in
+/// three writes arrives upstream byte for byte. It is bounded by
+/// `limits.max_replay_body` whether or not its length is announced: a
+/// chunked body that grows past it, and a `Content-Length` past it, get 413
+/// and nothing goes upstream.
+#[tokio::test]
+async fn an_allowlist_body_is_read_in_pieces_up_to_max_replay_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(Transport::Plain, |_| Reply::ok()).await;
+    let toml = format!(
+        "[limits]\nmax_replay_body = \"200\"\n\
+         [routes.openai]\ntype = \"openai\"\nupstream = \"{}\"\nkey = \"env::K\"\nmodels = [\"gpt-4o\"]\n",
+        mock.url
+    );
+    let sk = start_in(dir.path(), &toml, MapEnv::new([("K", "sk-real")])).await;
+    let head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len()).into_bytes();
+
+    // Three pieces, each written on its own after a pause.
+    let pieces = [
+        "{\"model\":\"gpt-4o\",",
+        "\"messages\":[{\"role\":\"user\",",
+        "\"content\":\"hi\"}]}",
+    ];
+    let mut sock = TcpStream::connect(sk.addr).await.unwrap();
+    sock.write_all(head).await.unwrap();
+    for piece in pieces {
+        sock.write_all(&chunk(piece)).await.unwrap();
+        sock.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sock.write_all(b"0\r\n\r\n").await.unwrap();
+    let answer = one_answer(&mut sock).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(mock.last().body, Bytes::from(pieces.concat()));
+
+    // Past the limit in pieces, the length never announced.
+    let mut sock = TcpStream::connect(sk.addr).await.unwrap();
+    sock.write_all(head).await.unwrap();
+    sock.write_all(&chunk(pieces[0])).await.unwrap();
+    for _ in 0..4 {
+        sock.write_all(&chunk(&" ".repeat(60))).await.unwrap();
+    }
+    sock.write_all(b"0\r\n\r\n").await.unwrap();
+    let answer = one_answer(&mut sock).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"code\":\"body_too_large\""), "{answer}");
+
+    // Announced past the limit: refused before the body is read.
+    let mut sock = TcpStream::connect(sk.addr).await.unwrap();
+    sock.write_all(
+        b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+          Content-Type: application/json\r\nContent-Length: 201\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = one_answer(&mut sock).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "only the first request went upstream"
     );
     sk.stop().await;
 }

@@ -12,9 +12,9 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
@@ -130,7 +130,8 @@ pub(crate) async fn read_body(
         return Err(too_large());
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let read = Limited::new(body, limit).collect();
+    let expected = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    let read = whole(body, limit, expected);
     let Some(read) = timer::within(limits.timer, limits.timeout, read).await else {
         return Err(ProxyError::BodyTimeout {
             route: route.name.to_string(),
@@ -138,13 +139,51 @@ pub(crate) async fn read_body(
         });
     };
     match read {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(too_large()),
         Err(e) => Err(ProxyError::RequestBody {
             route: route.name.to_string(),
             reason: e.to_string(),
         }),
     }
+}
+
+/// The data of `body`, or `None` once it holds more than `limit` bytes.
+/// A body that comes in one frame (the usual request) is that frame, as
+/// hyper read it: no copy and no list of frames. A longer one is gathered
+/// in a buffer sized for `expected` (its `Content-Length`) when known.
+/// Trailers are ignored.
+async fn whole(
+    mut body: Incoming,
+    limit: usize,
+    expected: usize,
+) -> Result<Option<Bytes>, hyper::Error> {
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Ok(None);
+        }
+        if let Some(buf) = &mut gathered {
+            buf.extend_from_slice(&data);
+        } else if let Some(one) = first.take() {
+            let mut buf = BytesMut::with_capacity(expected.max(total).min(limit));
+            buf.extend_from_slice(&one);
+            buf.extend_from_slice(&data);
+            gathered = Some(buf);
+        } else {
+            first = Some(data);
+        }
+    }
+    Ok(Some(gathered.map_or_else(
+        || first.unwrap_or_default(),
+        BytesMut::freeze,
+    )))
 }
 
 /// `body` in memory (SigV4 signs a hash of it): as it is when the allowlist
