@@ -96,6 +96,8 @@ async fn post(sidekey: &Running, path: &str, body: impl Into<Bytes>) -> Resp {
             ("content-type", "application/json"),
             ("authorization", "Bearer client-dummy"),
             ("x-app", "1"),
+            // Twice: a retry sends both values, in order.
+            ("x-app", "2"),
         ],
         body,
     ))
@@ -165,6 +167,8 @@ async fn a_rejected_default_is_replaced_by_the_fallback_with_the_same_request() 
             a.remove("authorization");
             b.remove("authorization");
             assert_eq!(a, b, "the retry's headers differ beyond the credential");
+            let apps: Vec<_> = b.get_all("x-app").iter().collect();
+            assert_eq!(apps, ["1", "2"], "the retry's repeated header");
         }
     }
     assert_eq!(

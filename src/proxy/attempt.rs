@@ -18,16 +18,18 @@
 //! bytes already in memory, or a body kept by [`Replay`] within
 //! `limits.max_replay_body` while all kept bodies fit in
 //! `limits.max_replay_total`. Another body streams through with its first
-//! key only, and the route logs that once. The header map is copied only
-//! for an attempt that may be followed by another.
+//! key only, and the route logs that once. The request's own header map
+//! goes out with the first attempt; when another may follow, its entries
+//! are kept first, in room the client connection lends ([`Spare`]), so a
+//! retry that never happens costs no map and no allocation.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body::Frame;
 use hyper::body::Incoming;
 
@@ -100,6 +102,43 @@ pub(crate) struct Borrowed<'a> {
     pub(crate) replay_budget: &'a Arc<Budget>,
     /// The connection's timer for the wait for a response head.
     pub(crate) head_wait: &'a Reused,
+    /// The connection's room for the headers a retry needs.
+    pub(crate) spare: &'a Spare,
+}
+
+/// A request's header entries as a retry needs them, in order: each name
+/// and value a reference-counted handle, so keeping them copies no bytes.
+type Entries = Vec<(HeaderName, HeaderValue)>;
+
+/// Room for [`Entries`], kept by a client connection and lent to its
+/// requests in turn, so copying a request's headers for a possible retry
+/// allocates only on the connection's first such request. Behind an
+/// uncontended lock like the connection's timers ([`crate::timer`]); an
+/// HTTP/2 stream that finds it lent gets room of its own.
+#[derive(Debug, Default)]
+pub(crate) struct Spare(Mutex<Entries>);
+
+/// The most entries a connection keeps room for between requests (room
+/// grown past it by an unusual request is freed with that request).
+const SPARE_MAX: usize = 128;
+
+impl Spare {
+    fn lend(&self) -> Entries {
+        self.0
+            .try_lock()
+            .map(|mut room| std::mem::take(&mut *room))
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, mut entries: Entries) {
+        entries.clear();
+        if entries.capacity() <= SPARE_MAX
+            && let Ok(mut room) = self.0.try_lock()
+            && room.capacity() < entries.capacity()
+        {
+            *room = entries;
+        }
+    }
 }
 
 /// What one request carries through its attempts (pingora's `CTX`).
@@ -113,10 +152,13 @@ pub(crate) struct Exchange<'a> {
     signer: Option<&'a SigV4>,
     borrowed: Borrowed<'a>,
     method: Method,
-    /// Taken by the last attempt, like the headers.
-    uri: Uri,
     /// Taken by the last attempt; copied by the ones before it.
+    uri: Uri,
+    /// The request's own headers, taken by the first attempt.
     headers: HeaderMap,
+    /// Their entries, kept by the first attempt when another may follow;
+    /// each later attempt sends a map made from them.
+    kept: Option<Entries>,
     again: Again,
     attempts: u8,
 }
@@ -232,6 +274,7 @@ impl<'a> Exchange<'a> {
             method: req.method,
             uri: req.uri,
             headers: req.headers,
+            kept: None,
             again: Again::Never,
             attempts: 0,
         }
@@ -258,18 +301,12 @@ impl<'a> Exchange<'a> {
             },
             (other, _) => other.clone(),
         };
-        let (mut headers, uri) = if more && self.again.possible() {
-            // The map that goes out is the one hyper parsed: it has room for
-            // the credential and `Host`, and hyper parses the answer's
-            // headers into it once it is written. The copy (with exactly
-            // its entries' room) waits for an attempt that is rarely made.
-            let kept = self.headers.clone();
-            (std::mem::replace(&mut self.headers, kept), self.uri.clone())
+        let keep = more && self.again.possible();
+        let mut headers = self.headers_to_send(keep);
+        let uri = if keep {
+            self.uri.clone()
         } else {
-            (
-                std::mem::take(&mut self.headers),
-                std::mem::take(&mut self.uri),
-            )
+            std::mem::take(&mut self.uri)
         };
         let signing = match &chosen {
             Chosen::Signed { keys, .. } => self.signer.map(|s| (s, keys.clone())),
@@ -310,6 +347,28 @@ impl<'a> Exchange<'a> {
             lane,
         };
         Ok(Tried { answer, verdict })
+    }
+
+    /// The headers an attempt sends. The first sends the request's own map
+    /// (hyper parsed it with room to spare, and parses the answer's headers
+    /// into it once it is written), keeping its entries first if another
+    /// attempt may follow (`keep`); a later attempt sends a map made from
+    /// the kept entries, with room for the credential and `Host`.
+    fn headers_to_send(&mut self, keep: bool) -> HeaderMap {
+        let Some(kept) = &self.kept else {
+            if keep {
+                let mut room = self.borrowed.spare.lend();
+                room.extend(self.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+                self.kept = Some(room);
+            }
+            return std::mem::take(&mut self.headers);
+        };
+        let mut map = HeaderMap::try_with_capacity(kept.len() + 2).unwrap_or_default();
+        for (name, value) in kept {
+            // Never past the limit: the request's own map held these.
+            let _ = map.try_append(name.clone(), value.clone());
+        }
+        map
     }
 
     /// Whether the verdict asks for another attempt. An accepted key that
@@ -472,6 +531,14 @@ impl<'a> Exchange<'a> {
     }
 }
 
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        if let Some(kept) = self.kept.take() {
+            self.borrowed.spare.give_back(kept);
+        }
+    }
+}
+
 impl std::fmt::Debug for Exchange<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exchange")
@@ -574,5 +641,39 @@ impl Again {
             Self::Bytes(_) => true,
             Self::Kept(r) => r.is_replayable(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: usize) -> Entries {
+        (0..n)
+            .map(|i| (HeaderName::from_static("x-app"), HeaderValue::from(i)))
+            .collect()
+    }
+
+    #[test]
+    fn spare_room_is_lent_in_turn_and_kept_within_its_bound() {
+        let spare = Spare::default();
+        // The first request makes the room; it comes back empty and is
+        // lent again, allocation and all.
+        let room = spare.lend();
+        assert_eq!(room.capacity(), 0);
+        let mut room = room;
+        room.extend(entries(10));
+        let ptr = room.as_ptr();
+        spare.give_back(room);
+        let again = spare.lend();
+        assert!(again.is_empty(), "given back cleared");
+        assert_eq!(again.as_ptr(), ptr, "the same room, no new allocation");
+        // While it is lent (another HTTP/2 stream), a request gets its own.
+        let other = spare.lend();
+        assert_eq!(other.capacity(), 0);
+        spare.give_back(again);
+        // Room grown past the bound is not kept.
+        spare.give_back(entries(SPARE_MAX + 1));
+        assert!(spare.lend().capacity() <= SPARE_MAX);
     }
 }

@@ -9,12 +9,14 @@
 //! takes the place over ([`Conn::take_place`]): an open WebSocket keeps
 //! counting until it closes. It also holds the timers its requests take in
 //! turn to wait for a response head and for a body read whole
-//! ([`crate::timer`]).
+//! ([`crate::timer`]), and the room they take in turn to keep their headers
+//! for a retry ([`super::attempt::Spare`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::attempt::Spare;
 use super::websocket::Sockets;
 use crate::metrics::Metrics;
 use crate::timer::Reused;
@@ -62,6 +64,9 @@ pub(crate) struct Conn {
     /// length would move the head-wait timer earlier, which costs a
     /// re-insert into the timer wheel.
     pub(crate) body_wait: Reused,
+    /// Room for the headers a request keeps for a possible retry, lent
+    /// to each request in turn.
+    pub(crate) spare_headers: Spare,
 }
 
 impl Conn {
@@ -73,6 +78,7 @@ impl Conn {
             place: Mutex::new(Some(place)),
             head_wait: Reused::default(),
             body_wait: Reused::default(),
+            spare_headers: Spare::default(),
         })
     }
 

@@ -307,6 +307,7 @@ async fn handle_inner(
         attempt::Borrowed {
             replay_budget,
             head_wait: &conn.head_wait,
+            spare: &conn.spare_headers,
         },
         prepared,
     );
