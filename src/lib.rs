@@ -66,10 +66,11 @@
 //!
 //! The request path loads one snapshot per request, takes no shared lock,
 //! formats no static credential (header values are prepared when a snapshot
-//! is built) and buffers no response. It copies the header map only when a
-//! retry is possible (a fallback, a pool or Vertex), and a kept body sits
-//! behind an uncontended per-request mutex; a connection's timers behind an
-//! uncontended per-connection one.
+//! is built) and buffers no response. It keeps a copy of the request's
+//! headers only when a retry is possible (a fallback, a pool or Vertex), in
+//! room the connection lends, and a kept body sits behind an uncontended
+//! per-request mutex; a connection's timers and that room behind uncontended
+//! per-connection ones.
 
 mod admin;
 mod body;
