@@ -13,7 +13,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -55,9 +56,9 @@ pub(crate) struct Done {
     pub(crate) metrics: Arc<RouteMetrics>,
     pub(crate) start: Instant,
     pub(crate) method: Method,
-    /// Kept whole (cheap: it is reference-counted); only its path is logged,
-    /// never the query, which may carry a key.
-    pub(crate) uri: Uri,
+    /// The request's path and query (reference-counted, not copied); only
+    /// the path is logged, never the query, which may carry a key.
+    pub(crate) target: Option<PathAndQuery>,
     pub(crate) status: StatusCode,
     pub(crate) fingerprint: Option<Fingerprint>,
     /// How many upstream attempts were made.
@@ -77,12 +78,18 @@ impl std::fmt::Debug for Done {
         f.debug_struct("Done")
             .field("route", &self.metrics.route())
             .field("method", &self.method)
-            .field("path", &self.uri.path())
+            .field("path", &self.path())
             .field("status", &self.status)
             .field("fingerprint", &self.fingerprint)
             .field("attempts", &self.attempts)
             .field("outcome", &self.outcome)
             .finish_non_exhaustive()
+    }
+}
+
+impl Done {
+    fn path(&self) -> &str {
+        self.target.as_ref().map_or("", PathAndQuery::path)
     }
 }
 
@@ -102,28 +109,28 @@ impl Drop for Done {
         {
             tracing::warn!(
                 target: "sidekey::access",
-                route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
+                route, method = %self.method, path = self.path(), status, elapsed_ms,
                 error = %error,
                 "request"
             );
         } else if let Some(error) = &self.error {
             tracing::info!(
                 target: "sidekey::access",
-                route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
+                route, method = %self.method, path = self.path(), status, elapsed_ms,
                 error = %error,
                 "request"
             );
         } else if self.outcome == Outcome::Complete {
             tracing::info!(
                 target: "sidekey::access",
-                route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
+                route, method = %self.method, path = self.path(), status, elapsed_ms,
                 fingerprint, attempts = self.attempts,
                 "request"
             );
         } else {
             tracing::warn!(
                 target: "sidekey::access",
-                route, method = %self.method, path = self.uri.path(), status, elapsed_ms,
+                route, method = %self.method, path = self.path(), status, elapsed_ms,
                 fingerprint, attempts = self.attempts, outcome = self.outcome.as_str(),
                 "request"
             );
@@ -156,9 +163,9 @@ pin_project_lite::pin_project! {
             #[pin]
             body: Incoming,
             // Armed when the body first has to wait: an answer that arrives
-            // whole never touches the timer.
-            #[pin]
-            idle: Option<Sleep>,
+            // whole never touches the timer. Boxed: a response is moved
+            // several times on its way to hyper, and most never wait.
+            idle: Option<Pin<Box<Sleep>>>,
             // When the current silence began: the first wait after a frame
             // (or after the head). `None` until then, so a frame read at
             // once costs no clock read.
@@ -238,7 +245,7 @@ impl Body for ResponseBody {
         let (frame, outcome) = match this.inner.project() {
             InnerProj::Upstream {
                 mut body,
-                mut idle,
+                idle,
                 since,
                 timeout,
             } => match body.as_mut().poll_frame(cx) {
@@ -262,15 +269,16 @@ impl Body for ResponseBody {
                     let Some(deadline) = began.checked_add(*timeout) else {
                         return Poll::Pending;
                     };
-                    match idle.as_mut().as_pin_mut() {
-                        Some(sleep) if sleep.deadline() == deadline => {}
-                        Some(sleep) => sleep.reset(deadline),
-                        None => idle.set(Some(tokio::time::sleep_until(deadline))),
-                    }
-                    let Some(sleep) = idle.as_pin_mut() else {
-                        return Poll::Pending;
+                    let sleep = match idle {
+                        Some(sleep) => {
+                            if sleep.deadline() != deadline {
+                                sleep.as_mut().reset(deadline);
+                            }
+                            sleep
+                        }
+                        None => idle.insert(Box::pin(tokio::time::sleep_until(deadline))),
                     };
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     (
                         Some(Err(BoxError::from(IdleTimeout(*timeout)))),
                         Outcome::IdleTimeout,

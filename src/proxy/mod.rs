@@ -123,7 +123,7 @@ pub(crate) async fn handle(
             .unwrap_or_else(|| shared.reg.metrics.unrouted().clone()),
         start,
         method,
-        uri: parts.uri,
+        target: parts.uri.into_parts().path_and_query,
         status,
         fingerprint: cx.fingerprint,
         attempts: cx.attempts,
