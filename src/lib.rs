@@ -23,7 +23,8 @@
 //!     credentials                   locations, key sets, choosing keys
 //!     tokens                        minted credentials: cache, refresh, sources
 //!     upstream                      our HTTP client (rustls/ring)
-//!  body  url  files  secret  env  metrics  tls_listener  timer
+//!     timer                         the timers a connection lends
+//!  body  url  files  secret  env  metrics  tls_listener  lend
 //!                                   leaves: import nothing of sidekey
 //! ```
 //!
@@ -52,15 +53,18 @@
 //!   user credentials; Entra ID; the AWS chain), cached and refreshed in
 //!   the background, provider-agnostic.
 //! - `upstream`: the rustls client (ring, webpki roots + `ca_file`).
+//! - `timer`: the timers a connection lends each request (hyper's
+//!   header-read timer, the wait for a response head, the read of a body
+//!   kept whole), each in a `lend` slot.
 //! - Leaves: `tls_listener` (the TLS listener's rustls server config from a
 //!   PEM chain and key, built with each snapshot), `body` (request bodies
 //!   shared by `proxy` and `upstream`), `url`
 //!   (upstream base URLs), `files` (bounded reads: regular files only, size
 //!   caps, never blocking on a FIFO), [`Secret`] (redacts and wipes), `env`
 //!   (environment lookup passed in; tests use a map, not `set_var`),
-//!   `metrics` (lock-free counters and the Prometheus text), `timer` (the
-//!   timers a connection lends each request: hyper's header-read timer,
-//!   the wait for a response head, the read of a body kept whole).
+//!   `metrics` (lock-free counters and the Prometheus text), `lend` (a
+//!   value a connection lends each of its requests in turn: a timer, room
+//!   for the headers a retry needs).
 //! - [`check`], [`cli`], [`shutdown`], [`telemetry`], [`hardening`] (core
 //!   dumps off at start): the binary's pieces.
 //!
@@ -83,6 +87,7 @@ mod error;
 mod files;
 pub mod hardening;
 mod headers;
+mod lend;
 mod metrics;
 mod providers;
 mod proxy;

@@ -12,47 +12,38 @@
 //! connection's timers about once per timeout period, not once per request.
 //! [`within`] is `tokio::time::timeout` on such a timer.
 //!
-//! A slot is per connection and its lock uncontended (an HTTP/1.1
-//! connection serves one request at a time). When the slot is empty (two
-//! HTTP/2 streams of one connection waiting at once) the request gets a
-//! `Sleep` of its own, kept afterwards if the slot is still empty.
-//! [`ConnTimer`] is the same thing behind hyper's `Timer` trait.
+//! The slot is a [`Slot`]: per connection, its lock uncontended, and a
+//! request that finds it empty (two HTTP/2 streams of one connection
+//! waiting at once) gets a `Sleep` of its own, kept afterwards if the slot
+//! is still empty. [`ConnTimer`] is the same thing behind hyper's `Timer`
+//! trait.
 
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::lend::Slot;
+
 /// Far enough away never to come (about 30 years).
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// A connection's timer for one purpose, lent to one request at a time.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Reused {
-    slot: Mutex<Option<Pin<Box<Sleep>>>>,
-}
-
-impl fmt::Debug for Reused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Reused")
-    }
+    slot: Slot<Pin<Box<Sleep>>>,
 }
 
 impl Reused {
     /// A timer that fires at `deadline`: the connection's, if it is free.
     /// `home` is where it goes back (`&Reused` or `Arc<Reused>`).
     pub(crate) fn lend<H: Deref<Target = Self>>(home: H, deadline: Instant) -> Lent<H> {
-        let cached = home
-            .slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let sleep = match cached {
+        let sleep = match home.slot.take() {
             Some(mut sleep) => {
                 sleep.as_mut().reset(deadline);
                 sleep
@@ -108,13 +99,8 @@ impl<H: Deref<Target = Reused> + Unpin> Future for Lent<H> {
 
 impl<H: Deref<Target = Reused>> Drop for Lent<H> {
     fn drop(&mut self) {
-        let mut slot = self
-            .home
-            .slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() {
-            *slot = self.sleep.take();
+        if let Some(sleep) = self.sleep.take() {
+            self.home.slot.put_back(sleep);
         }
     }
 }
@@ -208,12 +194,12 @@ mod tests {
             7
         });
         assert_eq!(quick.await, Some(7));
-        assert!(home.slot.lock().unwrap().is_some(), "given back");
+        assert!(home.slot.peek(|s| s.is_some()), "given back");
         let start = Instant::now();
         let slow = within(&home, Duration::from_secs(5), std::future::pending::<()>());
         assert_eq!(slow.await, None);
         assert_eq!(start.elapsed(), Duration::from_secs(5));
-        assert!(home.slot.lock().unwrap().is_some(), "given back");
+        assert!(home.slot.peek(|s| s.is_some()), "given back");
     }
 
     /// The timer fires at its deadline, and the next loan gets the same
@@ -224,10 +210,13 @@ mod tests {
         let start = Instant::now();
         Reused::lend_for(&home, Duration::from_secs(10)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(10));
-        let first: *const Sleep = &**home.slot.lock().unwrap().as_ref().unwrap();
+        let first = home
+            .slot
+            .peek(|s| s.map(|s| std::ptr::from_ref::<Sleep>(&**s)))
+            .unwrap();
 
         let lent = Reused::lend_for(&home, Duration::from_secs(5));
-        assert!(home.slot.lock().unwrap().is_none(), "lent out");
+        assert!(home.slot.peek(|s| s.is_none()), "lent out");
         let again: *const Sleep = &**lent.sleep.as_ref().unwrap();
         assert_eq!(first, again, "the same Sleep");
         lent.await;
@@ -260,7 +249,7 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         a.await;
         assert_eq!(start.elapsed(), Duration::from_secs(3));
-        assert!(home.slot.lock().unwrap().is_some(), "one kept");
+        assert!(home.slot.peek(|s| s.is_some()), "one kept");
     }
 
     /// hyper's view: `reset` moves a lent timer rather than making another.

@@ -24,8 +24,8 @@
 //! retry that never happens costs no map and no allocation.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -39,6 +39,7 @@ use crate::body::replay::{Budget, Replay, ReplayBody};
 use crate::credentials::pool::KeyHealth;
 use crate::credentials::{Candidate, Chosen, Fingerprint, KeySet, NoCredential, Policy};
 use crate::error::ProxyError;
+use crate::lend::Slot;
 use crate::providers::aws::SigV4;
 use crate::providers::{self, Verdict};
 use crate::routes::Route;
@@ -111,12 +112,11 @@ pub(crate) struct Borrowed<'a> {
 type Entries = Vec<(HeaderName, HeaderValue)>;
 
 /// Room for [`Entries`], kept by a client connection and lent to its
-/// requests in turn, so copying a request's headers for a possible retry
-/// allocates only on the connection's first such request. Behind an
-/// uncontended lock like the connection's timers ([`crate::timer`]); an
-/// HTTP/2 stream that finds it lent gets room of its own.
+/// requests in turn ([`crate::lend`], like its timers), so copying a
+/// request's headers for a possible retry allocates only on the
+/// connection's first such request.
 #[derive(Debug, Default)]
-pub(crate) struct Spare(Mutex<Entries>);
+pub(crate) struct Spare(Slot<Entries>);
 
 /// The most entries a connection keeps room for between requests (room
 /// grown past it by an unusual request is freed with that request).
@@ -124,19 +124,13 @@ const SPARE_MAX: usize = 128;
 
 impl Spare {
     fn lend(&self) -> Entries {
-        self.0
-            .try_lock()
-            .map(|mut room| std::mem::take(&mut *room))
-            .unwrap_or_default()
+        self.0.take().unwrap_or_default()
     }
 
     fn give_back(&self, mut entries: Entries) {
         entries.clear();
-        if entries.capacity() <= SPARE_MAX
-            && let Ok(mut room) = self.0.try_lock()
-            && room.capacity() < entries.capacity()
-        {
-            *room = entries;
+        if entries.capacity() <= SPARE_MAX {
+            self.0.put_back(entries);
         }
     }
 }
@@ -672,7 +666,8 @@ mod tests {
         let other = spare.lend();
         assert_eq!(other.capacity(), 0);
         spare.give_back(again);
-        // Room grown past the bound is not kept.
+        // Room grown past the bound is not kept, even in an empty slot.
+        drop(spare.lend());
         spare.give_back(entries(SPARE_MAX + 1));
         assert!(spare.lend().capacity() <= SPARE_MAX);
     }
