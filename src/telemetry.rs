@@ -19,7 +19,10 @@
 //! are types whose `Debug` shows a fingerprint, header values holding keys
 //! are marked sensitive, and access lines log the path without its query.
 
+#[cfg(test)]
+mod capture;
 mod json;
+mod json_fields;
 mod text;
 
 use std::io::IsTerminal;
@@ -88,13 +91,16 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
         LogFormat::Text if ansi => builder.finish().with(filter).try_init(),
         LogFormat::Text => builder
             .fmt_fields(text::Fields)
-            .with_timer(text::Timestamp)
+            .event_format(text::Line {
+                timer: text::Timestamp,
+            })
             .finish()
             .with(filter)
             .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
+            .fmt_fields(json_fields::SpanFields)
             .event_format(json::Line {
                 timer: text::Timestamp,
             })

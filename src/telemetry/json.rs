@@ -6,18 +6,22 @@
 //! and for `spans`) and allocates for the timestamp and each field. [`Line`]
 //! writes the same line, byte for byte: `timestamp`, `level`, the event's
 //! fields, `target`, the current `span` and the `spans` from the root,
-//! splicing the span fields (stored as a JSON object by the format's own
-//! `JsonFields`) as text rather than parsing them.
+//! splicing the span fields (stored as a JSON object by
+//! [`SpanFields`]) as text rather than parsing them. Values are written
+//! straight into the line: integers by `itoa`, strings escaped as serde_json
+//! escapes them, with no byte-to-text adaptor in between.
 
 use std::fmt;
-use std::io;
+use std::fmt::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+use super::json_fields::SpanFields;
 
 /// The JSON event format of `fmt().json().flatten_event(true)`.
 #[derive(Debug, Default)]
@@ -25,14 +29,14 @@ pub(super) struct Line<T> {
     pub(super) timer: T,
 }
 
-impl<S, T> FormatEvent<S, JsonFields> for Line<T>
+impl<S, T> FormatEvent<S, SpanFields> for Line<T>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     T: FormatTime,
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, JsonFields>,
+        ctx: &FmtContext<'_, S, SpanFields>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -82,7 +86,7 @@ where
     let ext = span.extensions();
     // The stored fields are a JSON object, `{}` when there are none.
     let stored = ext
-        .get::<FormattedFields<JsonFields>>()
+        .get::<FormattedFields<SpanFields>>()
         .map_or("{}", |f| f.fields.as_str());
     let inner = stored
         .strip_prefix('{')
@@ -107,103 +111,138 @@ struct Fields<'w> {
 }
 
 impl Fields<'_> {
-    fn entry(&mut self, field: &Field, value: &dyn erased::Value) {
+    fn entry(&mut self, field: &Field, value: Value<'_>) {
         if self.result.is_err() {
             return;
         }
-        let w = &mut self.writer;
-        self.result = w
-            .write_char(',')
-            .and_then(|()| string(w, field.name()))
-            .and_then(|()| w.write_char(':'))
-            .and_then(|()| value.write(w));
+        self.result = entry(&mut self.writer, true, field.name(), value);
     }
 }
 
 impl Visit for Fields<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.entry(field, &value);
+        self.entry(field, Value::Bool(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.entry(field, &value);
+        self.entry(field, Value::I64(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.entry(field, &value);
+        self.entry(field, Value::U64(value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.entry(field, &value);
+        self.entry(field, Value::F64(value));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, &erased::Str(value));
+        self.entry(field, Value::Str(value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.entry(field, &erased::Debug(value));
+        self.entry(field, Value::Debug(value));
     }
 }
 
-/// A value written as JSON through serde_json, straight into the line.
-mod erased {
-    use std::fmt;
+/// A field's value, as both the event and the span fields write it.
+#[derive(Clone, Copy)]
+pub(super) enum Value<'a> {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    /// `null` unless finite, as serde_json writes it.
+    F64(f64),
+    Str(&'a str),
+    /// A JSON string of its `Debug` text.
+    Debug(&'a dyn fmt::Debug),
+}
 
-    pub(super) trait Value {
-        fn write(&self, w: &mut super::Writer<'_>) -> fmt::Result;
-    }
-
-    impl<T: serde::Serialize> Value for T {
-        fn write(&self, w: &mut super::Writer<'_>) -> fmt::Result {
-            super::json(w, self)
+/// `"name":value` as serde_json writes it, after a comma if `comma`.
+pub(super) fn entry(w: &mut Writer<'_>, comma: bool, name: &str, value: Value<'_>) -> fmt::Result {
+    if plain(name) {
+        w.write_str(if comma { ",\"" } else { "\"" })?;
+        w.write_str(name)?;
+        w.write_str("\":")?;
+    } else {
+        if comma {
+            w.write_char(',')?;
         }
+        string(w, name)?;
+        w.write_char(':')?;
     }
-
-    /// A string, written by [`super::string`].
-    pub(super) struct Str<'a>(pub(super) &'a str);
-
-    impl Value for Str<'_> {
-        fn write(&self, w: &mut super::Writer<'_>) -> fmt::Result {
-            super::string(w, self.0)
-        }
-    }
-
-    /// A `Debug` value, as a JSON string of its text.
-    pub(super) struct Debug<'a>(pub(super) &'a dyn fmt::Debug);
-
-    impl serde::Serialize for Debug<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_str(&format_args!("{:?}", self.0))
+    match value {
+        Value::Bool(b) => w.write_str(if b { "true" } else { "false" }),
+        Value::I64(n) => w.write_str(itoa::Buffer::new().format(n)),
+        Value::U64(n) => w.write_str(itoa::Buffer::new().format(n)),
+        Value::F64(x) => float(w, x),
+        Value::Str(s) => string(w, s),
+        Value::Debug(d) => {
+            w.write_char('"')?;
+            write!(Escaped(w), "{d:?}")?;
+            w.write_char('"')
         }
     }
 }
 
-/// Writes `s` as a JSON string: at once when nothing in it needs escaping
-/// (field names, levels, targets, most values), else through serde_json.
-fn string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        w.write_char('"')?;
+/// A float as serde_json writes it (the shortest text that reads back the
+/// same, `null` for NaN and the infinities), through a stack buffer.
+fn float(w: &mut Writer<'_>, x: f64) -> fmt::Result {
+    let mut buf = [0u8; 40];
+    let mut rest = &mut buf[..];
+    serde_json::to_writer(&mut rest, &x).map_err(|_| fmt::Error)?;
+    let len = 40 - rest.len();
+    let text = buf.get(..len).ok_or(fmt::Error)?;
+    w.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)
+}
+
+/// Whether `s` goes into a JSON string as it is.
+fn plain(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// Writes `s` as a JSON string, escaped as serde_json escapes it.
+pub(super) fn string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    if plain(s) {
         w.write_str(s)?;
-        return w.write_char('"');
+    } else {
+        Escaped(w).write_str(s)?;
     }
-    json(w, s)
+    w.write_char('"')
 }
 
-/// Writes `value` as JSON.
-fn json<V: serde::Serialize + ?Sized>(w: &mut Writer<'_>, value: &V) -> fmt::Result {
-    value
-        .serialize(&mut serde_json::Serializer::new(Adaptor(w)))
-        .map_err(|_| fmt::Error)
-}
+/// Text written into a JSON string: `"`, `\` and control characters
+/// escaped as serde_json escapes them (`\n`, `\u001b`), anything else as
+/// it is. Escaping goes byte by byte, so text written in pieces comes out
+/// as if written whole.
+struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 
-/// serde_json writes bytes; the line is text (and serde_json writes UTF-8).
-struct Adaptor<'a, 'w>(&'a mut Writer<'w>);
-
-impl io::Write for Adaptor<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let s = std::str::from_utf8(buf).map_err(io::Error::other)?;
-        self.0.write_str(s).map_err(io::Error::other)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+impl fmt::Write for Escaped<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut from = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let short = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x20.. => continue,
+                _ => "",
+            };
+            // An escaped byte is ASCII: `from` and `i` fall between characters.
+            self.0.write_str(s.get(from..i).ok_or(fmt::Error)?)?;
+            from = i + 1;
+            if short.is_empty() {
+                let hex =
+                    |n: u8| char::from(HEX.get(usize::from(n & 0xf)).copied().unwrap_or(b'0'));
+                self.0.write_str("\\u00")?;
+                self.0.write_char(hex(b >> 4))?;
+                self.0.write_char(hex(b))?;
+            } else {
+                self.0.write_str(short)?;
+            }
+        }
+        self.0.write_str(s.get(from..).ok_or(fmt::Error)?)
     }
 }
 
@@ -245,49 +284,55 @@ impl fmt::Write for Small {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tracing_subscriber::fmt::MakeWriter;
-
+    use super::super::capture::{Buf, Fixed, events};
     use super::*;
 
-    /// A fixed time, so both formats write the same line.
-    struct Fixed;
-    impl FormatTime for Fixed {
-        fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-            w.write_str("2026-12-07T01:02:03.456789Z")
+    #[test]
+    fn values_are_written_as_serde_json_writes_them() {
+        let ours = |value: Value<'_>| {
+            let mut out = String::new();
+            entry(&mut Writer::new(&mut out), false, "k", value).unwrap();
+            out.strip_prefix("\"k\":").unwrap().to_owned()
+        };
+        let all: String = (0u8..0x80)
+            .map(char::from)
+            .chain(['é', '\u{2028}', '😀'])
+            .collect();
+        for text in [all.as_str(), "plain", "", "a\"b\\c\u{7f}"] {
+            assert_eq!(ours(Value::Str(text)), serde_json::to_string(text).unwrap());
+            // Debug text goes through the same escaping, in pieces.
+            let debug = format!("{text:?}");
+            assert_eq!(
+                ours(Value::Debug(&text)),
+                serde_json::to_string(&debug).unwrap()
+            );
         }
-    }
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
+        for n in [0, 7, -1, i64::MIN, i64::MAX] {
+            assert_eq!(ours(Value::I64(n)), serde_json::to_string(&n).unwrap());
         }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
+        assert_eq!(ours(Value::U64(u64::MAX)), u64::MAX.to_string());
+        for x in [
+            0.0,
+            -0.0,
+            2.054_105_000_000_000_3,
+            1e21,
+            1e-7,
+            f64::MAX,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            assert_eq!(ours(Value::F64(x)), serde_json::to_string(&x).unwrap());
         }
-    }
-    impl<'a> MakeWriter<'a> for Buf {
-        type Writer = Buf;
-        fn make_writer(&'a self) -> Buf {
-            self.clone()
-        }
-    }
-
-    fn events() {
-        let e = std::io::Error::other("gone \"away\"");
-        tracing::info!(target: "sidekey::access", route = "openai", path = "/v1/\"x\"\n", status = 200u16, elapsed_ms = 2.054_105_000_000_000_3, ok = true, n = -3i64, "request");
-        let span = tracing::info_span!("request", id = 7u64, route = tracing::field::Empty);
-        let _in = span.enter();
-        tracing::warn!(error = %"upstream \u{1b}[31m said\tno", "failover");
-        span.record("route", "azure \"x\"");
-        tracing::info!(fingerprint = ?Some("sha256:00"), error = &e as &(dyn std::error::Error + 'static), "{} keys", 2);
-        let inner = tracing::info_span!("inner");
-        let _in2 = inner.enter();
-        tracing::debug!(f = f64::NAN, big = 1e21, "nested");
+        assert_eq!(ours(Value::Bool(false)), "false");
+        let mut out = String::new();
+        entry(
+            &mut Writer::new(&mut out),
+            true,
+            "we\"ird",
+            Value::Bool(true),
+        )
+        .unwrap();
+        assert_eq!(out, r#","we\"ird":true"#);
     }
 
     #[test]
@@ -298,6 +343,7 @@ mod tests {
             .flatten_event(true)
             .with_max_level(tracing::Level::DEBUG)
             .with_writer(ours.clone())
+            .fmt_fields(SpanFields)
             .event_format(Line { timer: Fixed })
             .finish();
         tracing::subscriber::with_default(sub, events);
@@ -309,9 +355,8 @@ mod tests {
             .with_timer(Fixed)
             .finish();
         tracing::subscriber::with_default(sub, events);
-        let ours = String::from_utf8(ours.0.lock().unwrap().clone()).unwrap();
-        let theirs = String::from_utf8(theirs.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(ours.lines().count(), 4, "{ours}");
+        let (ours, theirs) = (ours.text(), theirs.text());
+        assert_eq!(ours.lines().count(), 5, "{ours}");
         for (a, b) in ours.lines().zip(theirs.lines()) {
             assert_eq!(a, b);
         }

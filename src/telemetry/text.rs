@@ -1,11 +1,12 @@
 //! The text log line's fields and timestamp, written for less.
 //!
-//! tracing-subscriber's default text format writes each field through its
-//! styling layer (`nu_ansi_term`), even with colours off, and formats the
-//! full date for every line: an access line cost about a third of the whole
-//! request (callgrind). [`Fields`] writes the same text (`name=value` in
-//! `Debug` form; the message and errors through the default's own writer,
-//! which escapes terminal control characters) without the styling, and
+//! tracing-subscriber's default text format writes each field, span name
+//! and target through its styling layer (`nu_ansi_term`), even with colours
+//! off, and formats the full date for every line: an access line cost about
+//! a third of the whole request (callgrind). [`Line`] writes the same line
+//! with colours off, [`Fields`] the same fields (`name=value` in `Debug`
+//! form; the message and errors through the default's own writer, which
+//! escapes terminal control characters), both without the styling, and
 //! [`Timestamp`] writes the same RFC 3339 time, formatting the date and time
 //! of day once per second.
 
@@ -14,10 +15,67 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{RecordFields, VisitOutput as _};
-use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The default text format's line with colours off: the time, the level,
+/// the spans from the root (`name{fields}:`), the target, the fields.
+#[derive(Debug, Default)]
+pub(super) struct Line<T> {
+    pub(super) timer: T,
+}
+
+impl<S, T> FormatEvent<S, Fields> for Line<T>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    T: FormatTime,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, Fields>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if self.timer.format_time(&mut w).is_err() {
+            w.write_str("<unknown time>")?;
+        }
+        let meta = event.metadata();
+        w.write_str(match *meta.level() {
+            Level::TRACE => " TRACE ",
+            Level::DEBUG => " DEBUG ",
+            Level::INFO => "  INFO ",
+            Level::WARN => "  WARN ",
+            Level::ERROR => " ERROR ",
+        })?;
+        if let Some(scope) = ctx.event_scope() {
+            let mut seen = false;
+            for span in scope.from_root() {
+                seen = true;
+                w.write_str(span.metadata().name())?;
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<FormattedFields<Fields>>()
+                    && !fields.is_empty()
+                {
+                    w.write_char('{')?;
+                    w.write_str(fields)?;
+                    w.write_char('}')?;
+                }
+                w.write_char(':')?;
+            }
+            if seen {
+                w.write_char(' ')?;
+            }
+        }
+        w.write_str(meta.target())?;
+        w.write_str(": ")?;
+        ctx.format_fields(w.by_ref(), event)?;
+        w.write_char('\n')
+    }
+}
 
 /// Fields as the default text format writes them with colours off.
 #[derive(Debug, Default)]
@@ -41,35 +99,68 @@ struct Visitor<'w> {
     result: fmt::Result,
 }
 
-impl Visit for Visitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.record_debug(field, &format_args!("{value}"));
-        } else {
-            self.record_debug(field, &value);
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+impl Visitor<'_> {
+    /// ` name=` then the value (no space before the first field).
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
         let first = std::mem::replace(&mut self.first, false);
         let name = field.name();
-        if name == "message" {
-            // The default's own escaping of terminal control characters.
-            let mut default = DefaultVisitor::new(self.writer.by_ref(), first);
-            default.record_debug(field, value);
-            self.result = default.finish();
-            return;
-        }
         let name = name.strip_prefix("r#").unwrap_or(name);
         // Piece by piece: cheaper than one `write!` of three arguments.
         let w = &mut self.writer;
         self.result = (if first { Ok(()) } else { w.write_char(' ') })
             .and_then(|()| w.write_str(name))
             .and_then(|()| w.write_char('='))
-            .and_then(|()| write!(w, "{value:?}"));
+            .and_then(|()| value(w));
+    }
+}
+
+impl Visit for Visitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else if value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            // What `Debug` writes for text it leaves as it is.
+            self.put(field, |w| {
+                w.write_char('"')?;
+                w.write_str(value)?;
+                w.write_char('"')
+            });
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        if field.name() == "message" {
+            // The default's own escaping of terminal control characters.
+            let first = std::mem::replace(&mut self.first, false);
+            let mut default = DefaultVisitor::new(self.writer.by_ref(), first);
+            default.record_debug(field, value);
+            self.result = default.finish();
+            return;
+        }
+        self.put(field, |w| write!(w, "{value:?}"));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -104,9 +195,29 @@ impl FormatTime for Timestamp {
             text = seconds(secs);
             LAST.set((secs, text));
         }
-        let text = std::str::from_utf8(&text).map_err(|_| fmt::Error)?;
-        write!(w, "{text}.{:06}Z", now.subsec_micros())
+        let line = stamp(text, now.subsec_micros());
+        w.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
     }
+}
+
+/// The time to the second, then `.`, six digits of `micros` and `Z`.
+fn stamp(seconds: [u8; 19], mut micros: u32) -> [u8; 27] {
+    let mut line = [0u8; 27];
+    let (date, rest) = line.split_at_mut(19);
+    date.copy_from_slice(&seconds);
+    for (i, b) in rest.iter_mut().enumerate().rev() {
+        *b = match i {
+            0 => b'.',
+            7 => b'Z',
+            _ => {
+                // A digit: `micros % 10` is below 10.
+                let digit = b'0' + u8::try_from(micros % 10).unwrap_or(0);
+                micros /= 10;
+                digit
+            }
+        };
+    }
+    line
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` for `secs` after the epoch (years 1970-9999).
@@ -162,6 +273,10 @@ mod tests {
         assert_eq!(at(1_796_605_323), "2026-12-07T01:02:03");
         assert_eq!(at(4_102_444_800), "2100-01-01T00:00:00");
         assert_eq!(at(253_402_300_799), "9999-12-31T23:59:59");
+        let full = |s, micros| String::from_utf8(stamp(seconds(s), micros).to_vec()).unwrap();
+        assert_eq!(full(1_796_605_323, 4_567), "2026-12-07T01:02:03.004567Z");
+        assert_eq!(full(0, 999_999), "1970-01-01T00:00:00.999999Z");
+        assert_eq!(full(0, 0), "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]
@@ -180,6 +295,33 @@ mod tests {
             }
         }
         panic!("the timestamps never agreed");
+    }
+
+    #[test]
+    fn lines_are_those_of_the_default_format_without_colours() {
+        use super::super::capture::{Buf, Fixed, events};
+        let (ours, theirs) = (Buf::default(), Buf::default());
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(ours.clone())
+            .fmt_fields(Fields)
+            .event_format(Line { timer: Fixed })
+            .finish();
+        tracing::subscriber::with_default(sub, events);
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(theirs.clone())
+            .with_timer(Fixed)
+            .finish();
+        tracing::subscriber::with_default(sub, events);
+        let (ours, theirs) = (ours.text(), theirs.text());
+        assert_eq!(ours.lines().count(), 5, "{ours}");
+        for (a, b) in ours.lines().zip(theirs.lines()) {
+            assert_eq!(a, b);
+        }
+        assert_eq!(ours, theirs);
     }
 
     #[test]
