@@ -5,11 +5,12 @@
 //! `nginx-light` and `wrk`). Prints, for a direct call, sidekey and nginx:
 //!
 //! 1. throughput and CPU per request at 64 connections (wrk, closed loop),
-//!    with access logs off and on: the median of `BENCH_ROUNDS` (default
-//!    3) alternating rounds, with the range, and each proxy's CPU divided
-//!    by nginx's in the same round (the median of those paired ratios,
-//!    with their range: steadier than the ratio of two medians on a
-//!    shared machine);
+//!    with access logs off and on (sidekey's as text, then as JSON, the
+//!    chart's default; nginx's in its default format both times): the
+//!    median of `BENCH_ROUNDS` (default 3) alternating rounds, with the
+//!    range, and each proxy's CPU divided by nginx's in the same round (the
+//!    median of those paired ratios, with their range: steadier than the
+//!    ratio of two medians on a shared machine);
 //!    with logs off also the hyper floor (the cheapest hyper proxy doing
 //!    the same swap, [`floor`]) and sidekey on a route with a fallback key
 //!    and a model allowlist (the body read, checked and kept for a retry);
@@ -183,17 +184,21 @@ async fn run(secs: Duration) {
         "   {:<22} {:>12.0} {:>14} {:>14} {:>12} {:>12}",
         "direct (upstream)", direct.rps, "-", "-", direct.p50, direct.p99
     );
-    for logs in [false, true] {
+    for logs in [None, Some("text"), Some("json")] {
         set_logging(&mut s, logs);
-        let on = if logs { "on" } else { "off" };
+        let (ours, theirs) = match logs {
+            None => ("sidekey (logs off)", "nginx (logs off)"),
+            Some("text") => ("sidekey (logs text)", "nginx (logs on)"),
+            Some(_) => ("sidekey (logs json)", "nginx (logs on)"),
+        };
         // With logs on only the two proxies that have them; the floor logs
         // nothing and the fallback route is about the body, not the log.
         let mut rows = vec![
-            (format!("sidekey (logs {on})"), &s.sidekey_url, &s.sidekey),
+            (ours.to_owned(), &s.sidekey_url, &s.sidekey),
             // At NGINX_ROW.
-            (format!("nginx (logs {on})"), &s.nginx_url, &s.nginx),
+            (theirs.to_owned(), &s.nginx_url, &s.nginx),
         ];
-        if !logs {
+        if logs.is_none() {
             rows.push(("hyper floor".to_owned(), &s.floor_url, &s.floor));
             rows.push((
                 "sidekey fallback+models".to_owned(),
@@ -240,7 +245,7 @@ async fn run(secs: Duration) {
             );
         }
     }
-    set_logging(&mut s, false);
+    set_logging(&mut s, None);
 
     println!("\n2. CPU per request at a fixed 5,000 req/s (open loop, 64 connections)");
     println!(
@@ -402,7 +407,7 @@ async fn setup() -> Setup {
         ),
     )
     .unwrap();
-    let sidekey = sidekey_proc(d, false);
+    let sidekey = sidekey_proc(d, None);
     let ng_port = free_port();
     let nginx_proxy = nginx(
         d,
@@ -514,7 +519,8 @@ impl Proc {
     }
 }
 
-fn sidekey_proc(dir: &Path, logs: bool) -> Proc {
+/// sidekey with access logs off (`None`) or on in the given format.
+fn sidekey_proc(dir: &Path, logs: Option<&str>) -> Proc {
     let log = std::fs::File::create(dir.join("sidekey.log")).unwrap();
     let child = Command::new("taskset")
         .args([
@@ -526,8 +532,9 @@ fn sidekey_proc(dir: &Path, logs: bool) -> Proc {
             "--config",
         ])
         .arg(dir.join("sidekey.toml"))
+        .args(["--log-format", logs.unwrap_or("text")])
         .env_clear()
-        .env("SIDEKEY_LOG", if logs { "info" } else { "warn" })
+        .env("SIDEKEY_LOG", if logs.is_some() { "info" } else { "warn" })
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -538,13 +545,15 @@ fn sidekey_proc(dir: &Path, logs: bool) -> Proc {
     }
 }
 
-/// Turns access logs on or off by restarting both proxies with the setting.
-fn set_logging(s: &mut Setup, on: bool) {
+/// Turns access logs on (sidekey's in the given format) or off by
+/// restarting both proxies with the setting.
+fn set_logging(s: &mut Setup, logs: Option<&str>) {
+    let on = logs.is_some();
     let dir = s.sidekey.dir.clone();
     // Drop the old processes first: they hold the ports.
     s.sidekey = Proc::placeholder();
     s.nginx = Proc::placeholder();
-    s.sidekey = sidekey_proc(&dir, on);
+    s.sidekey = sidekey_proc(&dir, logs);
     let conf = std::fs::read_to_string(dir.join("nginx-proxy.conf")).unwrap();
     let conf = conf
         .lines()

@@ -25,9 +25,11 @@ mod json;
 mod json_fields;
 mod text;
 
+use std::cell::RefCell;
 use std::io::IsTerminal;
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -110,6 +112,37 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
     };
     result.map_err(|e| e.to_string())?;
     Ok(LogGuard(guard))
+}
+
+/// Puts a log line together in a buffer of this thread's, written to
+/// without a dynamic call per piece (as tracing-subscriber's `Writer` makes),
+/// then hands it to `writer` in one write. A line written while another is
+/// being put together (a value's `Debug` that logs) gets a buffer of its own.
+fn buffered(
+    writer: &mut Writer<'_>,
+    line: impl FnOnce(&mut String) -> std::fmt::Result,
+) -> std::fmt::Result {
+    /// The most a thread's buffer keeps between lines.
+    const KEPT: usize = 16 << 10;
+    thread_local! {
+        static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    LINE.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            line(&mut buf)?;
+            let written = writer.write_str(&buf);
+            if buf.capacity() > KEPT {
+                *buf = String::new();
+            }
+            written
+        }
+        Err(_) => {
+            let mut buf = String::new();
+            line(&mut buf)?;
+            writer.write_str(&buf)
+        }
+    })
 }
 
 /// Parses a filter such as `info,hyper=warn`: each item a level, or a

@@ -40,46 +40,60 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        super::buffered(&mut writer, |w| self.line(ctx, w, event))
+    }
+}
+
+impl<T: FormatTime> Line<T> {
+    fn line<S>(
+        &self,
+        ctx: &FmtContext<'_, S, SpanFields>,
+        w: &mut String,
+        event: &Event<'_>,
+    ) -> fmt::Result
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         let mut time = Small::default();
         self.timer.format_time(&mut Writer::new(&mut time))?;
         let meta = event.metadata();
-        let w = &mut writer;
-        w.write_str("{\"timestamp\":")?;
+        w.push_str("{\"timestamp\":");
         string(w, time.as_str())?;
-        w.write_str(",\"level\":")?;
+        w.push_str(",\"level\":");
         string(w, meta.level().as_str())?;
         let mut fields = Fields {
-            writer: w.by_ref(),
+            writer: w,
             result: Ok(()),
         };
         event.record(&mut fields);
         fields.result?;
-        w.write_str(",\"target\":")?;
+        w.push_str(",\"target\":");
         string(w, meta.target())?;
         let current = event
             .parent()
             .and_then(|id| ctx.span(id))
             .or_else(|| ctx.lookup_current());
         if let Some(span) = &current {
-            w.write_str(",\"span\":")?;
+            w.push_str(",\"span\":");
             write_span(w, span)?;
-            w.write_str(",\"spans\":[")?;
+            w.push_str(",\"spans\":[");
             if let Some(leaf) = ctx.lookup_current() {
                 for (i, span) in leaf.scope().from_root().enumerate() {
                     if i > 0 {
-                        w.write_char(',')?;
+                        w.push(',');
                     }
                     write_span(w, &span)?;
                 }
             }
-            w.write_char(']')?;
+            w.push(']');
         }
-        w.write_str("}\n")
+        w.push_str("}\n");
+        Ok(())
     }
 }
 
 /// `{<the span's fields>,"name":"<its name>"}`.
-fn write_span<S>(w: &mut Writer<'_>, span: &SpanRef<'_, S>) -> fmt::Result
+fn write_span<S>(w: &mut String, span: &SpanRef<'_, S>) -> fmt::Result
 where
     S: for<'a> LookupSpan<'a>,
 {
@@ -106,7 +120,7 @@ where
 /// 64-bit numbers, floats and booleans as JSON, anything else, 128-bit
 /// numbers and errors included, as its `Debug` text).
 struct Fields<'w> {
-    writer: Writer<'w>,
+    writer: &'w mut String,
     result: fmt::Result,
 }
 
@@ -115,7 +129,7 @@ impl Fields<'_> {
         if self.result.is_err() {
             return;
         }
-        self.result = entry(&mut self.writer, true, field.name(), value);
+        self.result = entry(self.writer, true, field.name(), value);
     }
 }
 
@@ -154,7 +168,10 @@ pub(super) enum Value<'a> {
 }
 
 /// `"name":value` as serde_json writes it, after a comma if `comma`.
-pub(super) fn entry(w: &mut Writer<'_>, comma: bool, name: &str, value: Value<'_>) -> fmt::Result {
+pub(super) fn entry<W>(w: &mut W, comma: bool, name: &str, value: Value<'_>) -> fmt::Result
+where
+    W: fmt::Write + ?Sized,
+{
     if plain(name) {
         w.write_str(if comma { ",\"" } else { "\"" })?;
         w.write_str(name)?;
@@ -182,7 +199,7 @@ pub(super) fn entry(w: &mut Writer<'_>, comma: bool, name: &str, value: Value<'_
 
 /// A float as serde_json writes it (the shortest text that reads back the
 /// same, `null` for NaN and the infinities), through a stack buffer.
-fn float(w: &mut Writer<'_>, x: f64) -> fmt::Result {
+fn float<W: fmt::Write + ?Sized>(w: &mut W, x: f64) -> fmt::Result {
     let mut buf = [0u8; 40];
     let mut rest = &mut buf[..];
     serde_json::to_writer(&mut rest, &x).map_err(|_| fmt::Error)?;
@@ -197,7 +214,7 @@ fn plain(s: &str) -> bool {
 }
 
 /// Writes `s` as a JSON string, escaped as serde_json escapes it.
-pub(super) fn string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+pub(super) fn string<W: fmt::Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
     w.write_char('"')?;
     if plain(s) {
         w.write_str(s)?;
@@ -211,9 +228,9 @@ pub(super) fn string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
 /// escaped as serde_json escapes them (`\n`, `\u001b`), anything else as
 /// it is. Escaping goes byte by byte, so text written in pieces comes out
 /// as if written whole.
-struct Escaped<'a, 'w>(&'a mut Writer<'w>);
+struct Escaped<'a, W: ?Sized>(&'a mut W);
 
-impl fmt::Write for Escaped<'_, '_> {
+impl<W: fmt::Write + ?Sized> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut from = 0;

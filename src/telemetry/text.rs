@@ -37,43 +37,65 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, Fields>,
-        mut w: Writer<'_>,
+        mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        if self.timer.format_time(&mut w).is_err() {
-            w.write_str("<unknown time>")?;
+        super::buffered(&mut writer, |w| self.line(ctx, w, event))
+    }
+}
+
+impl<T: FormatTime> Line<T> {
+    fn line<S>(
+        &self,
+        ctx: &FmtContext<'_, S, Fields>,
+        w: &mut String,
+        event: &Event<'_>,
+    ) -> fmt::Result
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        if self.timer.format_time(&mut Writer::new(w)).is_err() {
+            w.push_str("<unknown time>");
         }
         let meta = event.metadata();
-        w.write_str(match *meta.level() {
+        w.push_str(match *meta.level() {
             Level::TRACE => " TRACE ",
             Level::DEBUG => " DEBUG ",
             Level::INFO => "  INFO ",
             Level::WARN => "  WARN ",
             Level::ERROR => " ERROR ",
-        })?;
+        });
         if let Some(scope) = ctx.event_scope() {
             let mut seen = false;
             for span in scope.from_root() {
                 seen = true;
-                w.write_str(span.metadata().name())?;
+                w.push_str(span.metadata().name());
                 let ext = span.extensions();
                 if let Some(fields) = ext.get::<FormattedFields<Fields>>()
                     && !fields.is_empty()
                 {
-                    w.write_char('{')?;
-                    w.write_str(fields)?;
-                    w.write_char('}')?;
+                    w.push('{');
+                    w.push_str(fields);
+                    w.push('}');
                 }
-                w.write_char(':')?;
+                w.push(':');
             }
             if seen {
-                w.write_char(' ')?;
+                w.push(' ');
             }
         }
-        w.write_str(meta.target())?;
-        w.write_str(": ")?;
-        ctx.format_fields(w.by_ref(), event)?;
-        w.write_char('\n')
+        w.push_str(meta.target());
+        w.push_str(": ");
+        // The event's fields as `Fields` writes them, straight into the line.
+        let mut visitor = Visitor {
+            writer: &mut *w,
+            first: true,
+            result: Ok(()),
+        };
+        event.record(&mut visitor);
+        visitor.result?;
+        w.push('\n');
+        Ok(())
     }
 }
 
@@ -93,15 +115,17 @@ impl<'w> FormatFields<'w> for Fields {
     }
 }
 
-struct Visitor<'w> {
-    writer: Writer<'w>,
+/// Writes fields to a [`Writer`] (a span's) or to a line being put
+/// together (an event's).
+struct Visitor<W> {
+    writer: W,
     first: bool,
     result: fmt::Result,
 }
 
-impl Visitor<'_> {
+impl<W: fmt::Write> Visitor<W> {
     /// ` name=` then the value (no space before the first field).
-    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
@@ -117,7 +141,7 @@ impl Visitor<'_> {
     }
 }
 
-impl Visit for Visitor<'_> {
+impl<W: fmt::Write> Visit for Visitor<W> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.record_debug(field, &format_args!("{value}"));
@@ -155,7 +179,7 @@ impl Visit for Visitor<'_> {
         if field.name() == "message" {
             // The default's own escaping of terminal control characters.
             let first = std::mem::replace(&mut self.first, false);
-            let mut default = DefaultVisitor::new(self.writer.by_ref(), first);
+            let mut default = DefaultVisitor::new(Writer::new(&mut self.writer), first);
             default.record_debug(field, value);
             self.result = default.finish();
             return;
@@ -168,7 +192,7 @@ impl Visit for Visitor<'_> {
             return;
         }
         let first = std::mem::replace(&mut self.first, false);
-        let mut default = DefaultVisitor::new(self.writer.by_ref(), first);
+        let mut default = DefaultVisitor::new(Writer::new(&mut self.writer), first);
         default.record_error(field, value);
         self.result = default.finish();
     }
