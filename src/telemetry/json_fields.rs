@@ -4,13 +4,14 @@
 //! JSON object with its keys in order. Its own writer gathers them in a map
 //! of `serde_json::Value`s first, and when a field is recorded later (as
 //! the request span's `route` is) it parses the stored text back into such
-//! a map, adds the field and writes the map again: about 7,000 instructions
-//! and a dozen allocations a request at `info` (callgrind). [`SpanFields`]
+//! a map, adds the field and writes the map again. [`SpanFields`]
 //! writes the same text straight away and, when the new fields' names sort
 //! after the last one stored (`route` after `id`), appends them in place.
 //! Anything else (names out of order or recorded twice, byte slices, `r#`
 //! names) goes to `JsonFields` itself, so the text is always what it would
-//! have written.
+//! have written. With the line's own value writers (`json.rs`), this took
+//! 6,600 instructions and 5 allocations off each request's JSON access line
+//! (callgrind).
 
 use std::fmt;
 
