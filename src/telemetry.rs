@@ -2,7 +2,8 @@
 //!
 //! The lines are those of tracing-subscriber's text and flattened JSON
 //! formats, written for less: text lines without colours by the `text`
-//! module, JSON lines by the `json` module.
+//! module, JSON lines by the `json` module (span fields by `json_fields`),
+//! each line put together in a buffer of its thread's (`Buffered`).
 //!
 //! Lines are formatted on the thread that logs and written by a dedicated
 //! thread through a buffer that is flushed whenever the queue runs empty:
@@ -26,11 +27,15 @@ mod json_fields;
 mod text;
 
 use std::cell::RefCell;
+use std::fmt;
 use std::io::IsTerminal;
 
+use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::env::Env;
@@ -93,9 +98,9 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
         LogFormat::Text if ansi => builder.finish().with(filter).try_init(),
         LogFormat::Text => builder
             .fmt_fields(text::Fields)
-            .event_format(text::Line {
+            .event_format(Buffered(text::Line {
                 timer: text::Timestamp,
-            })
+            }))
             .finish()
             .with(filter)
             .try_init(),
@@ -103,9 +108,9 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
             .json()
             .flatten_event(true)
             .fmt_fields(json_fields::SpanFields)
-            .event_format(json::Line {
+            .event_format(Buffered(json::Line {
                 timer: text::Timestamp,
-            })
+            }))
             .finish()
             .with(filter)
             .try_init(),
@@ -114,35 +119,54 @@ pub fn init(format: LogFormat, env: &dyn Env) -> Result<LogGuard, String> {
     Ok(LogGuard(guard))
 }
 
-/// Puts a log line together in a buffer of this thread's, written to
-/// without a dynamic call per piece (as tracing-subscriber's `Writer` makes),
-/// then hands it to `writer` in one write. A line written while another is
-/// being put together (a value's `Debug` that logs) gets a buffer of its own.
-fn buffered(
-    writer: &mut Writer<'_>,
-    line: impl FnOnce(&mut String) -> std::fmt::Result,
-) -> std::fmt::Result {
-    /// The most a thread's buffer keeps between lines.
-    const KEPT: usize = 16 << 10;
-    thread_local! {
-        static LINE: RefCell<String> = const { RefCell::new(String::new()) };
-    }
-    LINE.with(|buf| match buf.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            line(&mut buf)?;
-            let written = writer.write_str(&buf);
-            if buf.capacity() > KEPT {
-                *buf = String::new();
+/// One way of writing a log line: into a `String`, with static calls.
+trait LineFormat<S, N> {
+    fn line(&self, ctx: &FmtContext<'_, S, N>, line: &mut String, event: &Event<'_>)
+    -> fmt::Result;
+}
+
+/// An event format that puts each line together in a buffer of this
+/// thread's, written to without the dynamic call per piece that
+/// tracing-subscriber's `Writer` makes, then hands it over in one write.
+/// A line written while another is being put together (a value's `Debug`
+/// that logs) gets a buffer of its own.
+#[derive(Debug)]
+struct Buffered<L>(L);
+
+impl<S, N, L> FormatEvent<S, N> for Buffered<L>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    L: LineFormat<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        /// The most a thread's buffer keeps between lines.
+        const KEPT: usize = 16 << 10;
+        thread_local! {
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        LINE.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                self.0.line(ctx, &mut buf, event)?;
+                let written = writer.write_str(&buf);
+                if buf.capacity() > KEPT {
+                    *buf = String::new();
+                }
+                written
             }
-            written
-        }
-        Err(_) => {
-            let mut buf = String::new();
-            line(&mut buf)?;
-            writer.write_str(&buf)
-        }
-    })
+            Err(_) => {
+                let mut buf = String::new();
+                self.0.line(ctx, &mut buf, event)?;
+                writer.write_str(&buf)
+            }
+        })
+    }
 }
 
 /// Parses a filter such as `info,hyper=warn`: each item a level, or a

@@ -16,9 +16,10 @@ use std::fmt::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use super::json_fields::SpanFields;
@@ -29,31 +30,17 @@ pub(super) struct Line<T> {
     pub(super) timer: T,
 }
 
-impl<S, T> FormatEvent<S, SpanFields> for Line<T>
+impl<S, T> super::LineFormat<S, SpanFields> for Line<T>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     T: FormatTime,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, SpanFields>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        super::buffered(&mut writer, |w| self.line(ctx, w, event))
-    }
-}
-
-impl<T: FormatTime> Line<T> {
-    fn line<S>(
+    fn line(
         &self,
         ctx: &FmtContext<'_, S, SpanFields>,
         w: &mut String,
         event: &Event<'_>,
-    ) -> fmt::Result
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
+    ) -> fmt::Result {
         let mut time = Small::default();
         self.timer.format_time(&mut Writer::new(&mut time))?;
         let meta = event.metadata();
@@ -61,12 +48,7 @@ impl<T: FormatTime> Line<T> {
         string(w, time.as_str())?;
         w.push_str(",\"level\":");
         string(w, meta.level().as_str())?;
-        let mut fields = Fields {
-            writer: w,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
+        entries(w, event, true)?;
         w.push_str(",\"target\":");
         string(w, meta.target())?;
         let current = event
@@ -116,47 +98,61 @@ where
     w.write_char('}')
 }
 
-/// The event's fields, as `,"name":value` each (tracing-serde's mapping:
-/// 64-bit numbers, floats and booleans as JSON, anything else, 128-bit
-/// numbers and errors included, as its `Debug` text).
-struct Fields<'w> {
-    writer: &'w mut String,
-    result: fmt::Result,
-}
-
-impl Fields<'_> {
-    fn entry(&mut self, field: &Field, value: Value<'_>) {
-        if self.result.is_err() {
-            return;
+/// Writes `fields` as `"name":value` pairs (a comma before each but the
+/// first, and before the first too if `comma`). An event's fields map as
+/// tracing-serde maps them, a span's as `JsonFields` does, which here is
+/// the same: 64-bit numbers, floats and booleans as JSON, anything else
+/// (128-bit numbers and errors included) as its `Debug` text.
+pub(super) fn entries<W, R>(w: &mut W, fields: &R, comma: bool) -> fmt::Result
+where
+    W: fmt::Write + ?Sized,
+    R: RecordFields,
+{
+    struct Entries<'a, W: ?Sized> {
+        w: &'a mut W,
+        comma: bool,
+        result: fmt::Result,
+    }
+    impl<W: fmt::Write + ?Sized> Entries<'_, W> {
+        fn put(&mut self, field: &Field, value: Value<'_>) {
+            if self.result.is_ok() {
+                self.result = entry(self.w, self.comma, field.name(), value);
+                self.comma = true;
+            }
         }
-        self.result = entry(self.writer, true, field.name(), value);
     }
-}
-
-impl Visit for Fields<'_> {
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.entry(field, Value::Bool(value));
+    impl<W: fmt::Write + ?Sized> Visit for Entries<'_, W> {
+        fn record_bool(&mut self, field: &Field, value: bool) {
+            self.put(field, Value::Bool(value));
+        }
+        fn record_i64(&mut self, field: &Field, value: i64) {
+            self.put(field, Value::I64(value));
+        }
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            self.put(field, Value::U64(value));
+        }
+        fn record_f64(&mut self, field: &Field, value: f64) {
+            self.put(field, Value::F64(value));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.put(field, Value::Str(value));
+        }
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            self.put(field, Value::Debug(value));
+        }
     }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.entry(field, Value::I64(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.entry(field, Value::U64(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.entry(field, Value::F64(value));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, Value::Str(value));
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.entry(field, Value::Debug(value));
-    }
+    let mut entries = Entries {
+        w,
+        comma,
+        result: Ok(()),
+    };
+    fields.record(&mut entries);
+    entries.result
 }
 
 /// A field's value, as both the event and the span fields write it.
 #[derive(Clone, Copy)]
-pub(super) enum Value<'a> {
+enum Value<'a> {
     Bool(bool),
     I64(i64),
     U64(u64),
@@ -168,7 +164,7 @@ pub(super) enum Value<'a> {
 }
 
 /// `"name":value` as serde_json writes it, after a comma if `comma`.
-pub(super) fn entry<W>(w: &mut W, comma: bool, name: &str, value: Value<'_>) -> fmt::Result
+fn entry<W>(w: &mut W, comma: bool, name: &str, value: Value<'_>) -> fmt::Result
 where
     W: fmt::Write + ?Sized,
 {
@@ -214,7 +210,7 @@ fn plain(s: &str) -> bool {
 }
 
 /// Writes `s` as a JSON string, escaped as serde_json escapes it.
-pub(super) fn string<W: fmt::Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
+fn string<W: fmt::Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
     w.write_char('"')?;
     if plain(s) {
         w.write_str(s)?;
@@ -361,7 +357,7 @@ mod tests {
             .with_max_level(tracing::Level::DEBUG)
             .with_writer(ours.clone())
             .fmt_fields(SpanFields)
-            .event_format(Line { timer: Fixed })
+            .event_format(super::super::Buffered(Line { timer: Fixed }))
             .finish();
         tracing::subscriber::with_default(sub, events);
         let sub = tracing_subscriber::fmt()

@@ -21,7 +21,7 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FormatFields, FormattedFields};
 
-use super::json::{Value, entry};
+use super::json::entries;
 
 /// Span fields as `JsonFields` writes them.
 #[derive(Debug, Default)]
@@ -33,7 +33,7 @@ impl<'w> FormatFields<'w> for SpanFields {
             return JsonFields::default().format_fields(writer, fields);
         }
         writer.write_char('{')?;
-        write_entries(&mut writer, &fields, false)?;
+        entries(&mut writer, &fields, false)?;
         writer.write_char('}')
     }
 
@@ -58,7 +58,7 @@ impl<'w> FormatFields<'w> for SpanFields {
         text.pop();
         let comma = text.len() > 1;
         let mut writer = Writer::new(text);
-        write_entries(&mut writer, fields, comma)?;
+        entries(&mut writer, fields, comma)?;
         writer.write_char('}')
     }
 }
@@ -144,51 +144,6 @@ fn skip_value(text: &str) -> Option<&str> {
     (end > 0 && !matches!(text.as_bytes().get(end), Some(b'"' | b'[' | b'{')))
         .then(|| text.get(end..))
         .flatten()
-}
-
-/// Writes `fields` as `"name":value` pairs (a comma before each but the
-/// first, and before the first too if `comma`), as `JsonFields` maps them.
-fn write_entries<R: RecordFields>(w: &mut Writer<'_>, fields: &R, comma: bool) -> fmt::Result {
-    struct Entries<'a, 'w> {
-        w: &'a mut Writer<'w>,
-        comma: bool,
-        result: fmt::Result,
-    }
-    impl Entries<'_, '_> {
-        fn put(&mut self, field: &Field, value: Value<'_>) {
-            if self.result.is_ok() {
-                self.result = entry(self.w, self.comma, field.name(), value);
-                self.comma = true;
-            }
-        }
-    }
-    impl Visit for Entries<'_, '_> {
-        fn record_bool(&mut self, field: &Field, value: bool) {
-            self.put(field, Value::Bool(value));
-        }
-        fn record_i64(&mut self, field: &Field, value: i64) {
-            self.put(field, Value::I64(value));
-        }
-        fn record_u64(&mut self, field: &Field, value: u64) {
-            self.put(field, Value::U64(value));
-        }
-        fn record_f64(&mut self, field: &Field, value: f64) {
-            self.put(field, Value::F64(value));
-        }
-        fn record_str(&mut self, field: &Field, value: &str) {
-            self.put(field, Value::Str(value));
-        }
-        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-            self.put(field, Value::Debug(value));
-        }
-    }
-    let mut entries = Entries {
-        w,
-        comma,
-        result: Ok(()),
-    };
-    fields.record(&mut entries);
-    entries.result
 }
 
 #[cfg(test)]

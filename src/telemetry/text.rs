@@ -19,7 +19,7 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{RecordFields, VisitOutput as _};
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// The default text format's line with colours off: the time, the level,
@@ -29,31 +29,17 @@ pub(super) struct Line<T> {
     pub(super) timer: T,
 }
 
-impl<S, T> FormatEvent<S, Fields> for Line<T>
+impl<S, T> super::LineFormat<S, Fields> for Line<T>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     T: FormatTime,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, Fields>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        super::buffered(&mut writer, |w| self.line(ctx, w, event))
-    }
-}
-
-impl<T: FormatTime> Line<T> {
-    fn line<S>(
+    fn line(
         &self,
         ctx: &FmtContext<'_, S, Fields>,
         w: &mut String,
         event: &Event<'_>,
-    ) -> fmt::Result
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
+    ) -> fmt::Result {
         if self.timer.format_time(&mut Writer::new(w)).is_err() {
             w.push_str("<unknown time>");
         }
@@ -330,7 +316,7 @@ mod tests {
             .with_ansi(false)
             .with_writer(ours.clone())
             .fmt_fields(Fields)
-            .event_format(Line { timer: Fixed })
+            .event_format(super::super::Buffered(Line { timer: Fixed }))
             .finish();
         tracing::subscriber::with_default(sub, events);
         let sub = tracing_subscriber::fmt()
