@@ -348,6 +348,23 @@ mod tests {
         assert_eq!(out, r#","we\"ird":true"#);
     }
 
+    proptest::proptest! {
+        /// Any text, whole or as `Debug` text written in pieces, comes out
+        /// as serde_json writes it: an upstream's text cannot end the
+        /// string early or break the line.
+        #[test]
+        fn any_text_is_escaped_as_serde_json_escapes_it(text in "\\PC*|[\\x00-\\x7f]*") {
+            let mut out = String::new();
+            string(&mut out, &text).unwrap();
+            proptest::prop_assert_eq!(&out, &serde_json::to_string(&text).unwrap());
+            proptest::prop_assert!(!out.contains('\n'));
+            let mut debug = String::new();
+            entry(&mut debug, false, "k", Value::Debug(&text)).unwrap();
+            let expected = format!("\"k\":{}", serde_json::to_string(&format!("{text:?}")).unwrap());
+            proptest::prop_assert_eq!(debug, expected);
+        }
+    }
+
     #[test]
     fn lines_are_those_of_tracing_subscribers_json_format() {
         let (ours, theirs) = (Buf::default(), Buf::default());

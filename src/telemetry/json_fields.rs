@@ -152,6 +152,8 @@ mod tests {
     use tracing_subscriber::fmt::{FmtContext, FormatEvent};
     use tracing_subscriber::registry::LookupSpan;
 
+    use proptest::strategy::Strategy as _;
+
     use super::super::capture::Buf;
     use super::*;
 
@@ -255,6 +257,32 @@ mod tests {
                 .starts_with(r#"{"id":7,"route":"azure \"x\"\n"} "#),
             "{ours}"
         );
+    }
+
+    proptest::proptest! {
+        /// On any object serde_json writes from a sorted map of the values
+        /// `JsonFields` records, the last key is the map's last key, or
+        /// none is claimed when it has an escape.
+        #[test]
+        fn the_last_key_of_any_such_object_is_found(
+            map in proptest::collection::btree_map(
+                "[a-z_\"\\\\.]{1,6}",
+                proptest::prop_oneof![
+                    "\\PC*".prop_map(serde_json::Value::from),
+                    proptest::num::i64::ANY.prop_map(serde_json::Value::from),
+                    proptest::num::f64::ANY.prop_map(serde_json::Value::from),
+                    proptest::bool::ANY.prop_map(serde_json::Value::from),
+                ],
+                0..5,
+            )
+        ) {
+            let text = serde_json::to_string(&map).unwrap();
+            let expected = match map.keys().next_back() {
+                Some(key) if key.contains(['"', '\\']) => None,
+                other => Some(other.map(String::as_str)),
+            };
+            proptest::prop_assert_eq!(last_key(&text), expected, "{}", text);
+        }
     }
 
     #[test]
