@@ -11,9 +11,10 @@
 //!    range, and each proxy's CPU divided by nginx's in the same round (the
 //!    median of those paired ratios, with their range: steadier than the
 //!    ratio of two medians on a shared machine);
-//!    with logs off also the hyper floor (the cheapest hyper proxy doing
-//!    the same swap, [`floor`]) and sidekey on a route with a fallback key
-//!    and a model allowlist (the body read, checked and kept for a retry);
+//!    with logs off also sidekey built without its profile, the hyper
+//!    floor (the cheapest hyper proxy doing the same swap, [`floor`]) and
+//!    sidekey on a route with a fallback key and a model allowlist (the
+//!    body read, checked and kept for a retry);
 //! 2. CPU per request at a fixed 5,000 req/s (open loop): every proxy sees
 //!    the same arrival pattern, so this is the fairest cost comparison;
 //! 3. added latency (p50/p99) at a fixed 1,000 req/s, the floor included,
@@ -23,6 +24,12 @@
 //!    the first request, which the setup sends to check each route);
 //! 5. time to the first server-sent event, versus a direct call;
 //! 6. 1,000 open idle WebSockets through sidekey: its RSS and CPU.
+//!
+//! "sidekey" is the binary as its image is built: with the profile
+//! `link/sidekey.profdata` (profile-guided optimisation), which the bench
+//! builds first into `target/pgo` ([`released_sidekey`]). "sidekey, no
+//! profile" is the same code from a plain `cargo build --release`, as the
+//! floor is built.
 //!
 //! Layout: both proxies run pinned to CPU 0 with one worker (sidekey:
 //! `--worker-threads 1`; nginx: one process); the upstream (an nginx serving
@@ -120,7 +127,11 @@ fn main() {
 struct Setup {
     _dir: tempfile::TempDir,
     upstream: Proc,
+    /// sidekey as released: built with `link/sidekey.profdata`.
+    released: PathBuf,
     sidekey: Proc,
+    /// The same code without the profile ([`released_sidekey`]).
+    unprofiled: Proc,
     nginx: Proc,
     /// The cheapest hyper proxy doing the same swap ([`floor`]).
     floor: Proc,
@@ -128,6 +139,7 @@ struct Setup {
     upstream_url: String,
     stream_url: String,
     sidekey_url: String,
+    unprofiled_url: String,
     nginx_url: String,
     floor_url: String,
     /// Through sidekey on a route with a fallback key and a model
@@ -199,6 +211,11 @@ async fn run(secs: Duration) {
             (theirs.to_owned(), &s.nginx_url, &s.nginx),
         ];
         if logs.is_none() {
+            rows.push((
+                "sidekey, no profile".to_owned(),
+                &s.unprofiled_url,
+                &s.unprofiled,
+            ));
             rows.push(("hyper floor".to_owned(), &s.floor_url, &s.floor));
             rows.push((
                 "sidekey fallback+models".to_owned(),
@@ -407,7 +424,28 @@ async fn setup() -> Setup {
         ),
     )
     .unwrap();
-    let sidekey = sidekey_proc(d, None);
+    let released = released_sidekey();
+    let sidekey = sidekey_proc(&released, d, "sidekey", None);
+    // The same code from a plain `cargo build --release` (no profile),
+    // beside it on a port of its own: what the profile is worth.
+    let np_port = free_port();
+    let np_admin = free_port();
+    std::fs::write(
+        d.join("unprofiled.toml"),
+        format!(
+            "listen = \"127.0.0.1:{np_port}\"\nadmin_listen = \"127.0.0.1:{np_admin}\"\nca_file = \"{ca}\"\n\
+             [routes.openai]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\nkey = \"path::{key}\"\n",
+            ca = d.join("ca.pem").display(),
+            key = d.join("openai-key").display(),
+        ),
+    )
+    .unwrap();
+    let unprofiled = sidekey_proc(
+        Path::new(env!("CARGO_BIN_EXE_sidekey")),
+        d,
+        "unprofiled",
+        None,
+    );
     let ng_port = free_port();
     let nginx_proxy = nginx(
         d,
@@ -435,12 +473,15 @@ async fn setup() -> Setup {
     let s = Setup {
         _dir: dir,
         upstream,
+        released,
         sidekey,
+        unprofiled,
         nginx: nginx_proxy,
         floor,
         upstream_url: format!("https://localhost:{up_port}/v1/chat/completions"),
         stream_url: format!("{stream_url}/v1/chat/completions"),
         sidekey_url: format!("http://127.0.0.1:{sk_port}/openai/v1/chat/completions"),
+        unprofiled_url: format!("http://127.0.0.1:{np_port}/openai/v1/chat/completions"),
         nginx_url: format!("http://127.0.0.1:{ng_port}/openai/v1/chat/completions"),
         floor_url: format!("http://127.0.0.1:{floor_port}/openai/v1/chat/completions"),
         fallback_url: format!("http://127.0.0.1:{sk_port}/fallback/v1/chat/completions"),
@@ -449,6 +490,7 @@ async fn setup() -> Setup {
     for url in [
         &s.upstream_url,
         &s.sidekey_url,
+        &s.unprofiled_url,
         &s.nginx_url,
         &s.floor_url,
         &s.fallback_url,
@@ -519,19 +561,15 @@ impl Proc {
     }
 }
 
-/// sidekey with access logs off (`None`) or on in the given format.
-fn sidekey_proc(dir: &Path, logs: Option<&str>) -> Proc {
-    let log = std::fs::File::create(dir.join("sidekey.log")).unwrap();
+/// sidekey (`bin`) with `dir/{name}.toml`, access logs off (`None`) or on
+/// in the given format.
+fn sidekey_proc(bin: &Path, dir: &Path, name: &str, logs: Option<&str>) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new("taskset")
-        .args([
-            "-c",
-            "0",
-            env!("CARGO_BIN_EXE_sidekey"),
-            "--worker-threads",
-            "1",
-            "--config",
-        ])
-        .arg(dir.join("sidekey.toml"))
+        .args(["-c", "0"])
+        .arg(bin)
+        .args(["--worker-threads", "1", "--config"])
+        .arg(dir.join(format!("{name}.toml")))
         .args(["--log-format", logs.unwrap_or("text")])
         .env_clear()
         .env("SIDEKEY_LOG", if logs.is_some() { "info" } else { "warn" })
@@ -545,6 +583,43 @@ fn sidekey_proc(dir: &Path, logs: Option<&str>) -> Proc {
     }
 }
 
+/// sidekey as its image is built (deploy/Dockerfile): the release profile
+/// with `-Cprofile-use=link/sidekey.profdata` (profile-guided optimisation,
+/// see `scripts/pgo-profile`), in `target/pgo`. The bench's own build of the
+/// binary (`CARGO_BIN_EXE_sidekey`) is the same code without the profile.
+fn released_sidekey() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target").join("pgo");
+    eprintln!(
+        "building sidekey as released (with link/sidekey.profdata) in {}",
+        target.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--bin",
+            "sidekey",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(root)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(
+            "RUSTFLAGS",
+            format!(
+                "-Cprofile-use={}",
+                root.join("link/sidekey.profdata").display()
+            ),
+        )
+        .status()
+        .unwrap();
+    assert!(status.success(), "the profiled build failed");
+    target.join("release").join("sidekey")
+}
+
 /// Turns access logs on (sidekey's in the given format) or off by
 /// restarting both proxies with the setting.
 fn set_logging(s: &mut Setup, logs: Option<&str>) {
@@ -553,7 +628,7 @@ fn set_logging(s: &mut Setup, logs: Option<&str>) {
     // Drop the old processes first: they hold the ports.
     s.sidekey = Proc::placeholder();
     s.nginx = Proc::placeholder();
-    s.sidekey = sidekey_proc(&dir, logs);
+    s.sidekey = sidekey_proc(&s.released, &dir, "sidekey", logs);
     let conf = std::fs::read_to_string(dir.join("nginx-proxy.conf")).unwrap();
     let conf = conf
         .lines()
