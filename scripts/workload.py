@@ -140,8 +140,8 @@ def post(conn, path, body=BODY):
     return r.status
 
 
-def drive(port, admin, scale=1):
-    """The load, `scale` times over on its busiest parts."""
+def first(port):
+    """Waits for sidekey's first answer to a request on the plain route."""
     deadline, last = time.monotonic() + 120, None
     while True:
         try:
@@ -154,6 +154,11 @@ def drive(port, admin, scale=1):
         if time.monotonic() > deadline:
             sys.exit(f"sidekey did not answer 200 within 120 s (last: {last})")
         time.sleep(0.5)
+
+
+def drive(port, admin, scale=1):
+    """The load, `scale` times over on its busiest parts."""
+    first(port)
     conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(4)]
     for i in range(300 * scale):
         post(conns[i % 4], "/openai/v1/chat/completions")
