@@ -408,38 +408,30 @@ async fn setup() -> Setup {
     let ws_addr = ws_upstream().await;
     let stream_url = format!("https://{stream_addr}");
 
-    let sk_port = free_port();
-    let admin_port = free_port();
-    std::fs::write(
-        d.join("sidekey.toml"),
-        format!(
-            "listen = \"127.0.0.1:{sk_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nca_file = \"{ca}\"\n\
-             [routes.openai]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\nkey = \"path::{key}\"\n\
-             [routes.stream]\ntype = \"openai\"\nupstream = \"{stream_url}\"\nkey = \"path::{key}\"\n\
-             [routes.ws]\ntype = \"openai\"\nupstream = \"http://{ws_addr}\"\nkey = \"path::{key}\"\n\
-             [routes.fallback]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\n\
-             key = {{ default = \"path::{key}\", fallback = \"path::{key}\" }}\nmodels = [\"gpt-4o-mini\"]\n",
-            ca = d.join("ca.pem").display(),
-            key = d.join("openai-key").display(),
-        ),
-    )
-    .unwrap();
+    let routes = format!(
+        "ca_file = \"{ca}\"\n\
+         [routes.openai]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\nkey = \"path::{key}\"\n\
+         [routes.stream]\ntype = \"openai\"\nupstream = \"{stream_url}\"\nkey = \"path::{key}\"\n\
+         [routes.ws]\ntype = \"openai\"\nupstream = \"http://{ws_addr}\"\nkey = \"path::{key}\"\n\
+         [routes.fallback]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\n\
+         key = {{ default = \"path::{key}\", fallback = \"path::{key}\" }}\nmodels = [\"gpt-4o-mini\"]\n",
+        ca = d.join("ca.pem").display(),
+        key = d.join("openai-key").display(),
+    );
+    // `name.toml`: the routes above, on ports of its own.
+    let config = |name: &str| {
+        let (port, admin) = (free_port(), free_port());
+        let listen =
+            format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n");
+        std::fs::write(d.join(format!("{name}.toml")), listen + &routes).unwrap();
+        port
+    };
+    let sk_port = config("sidekey");
     let released = released_sidekey();
     let sidekey = sidekey_proc(&released, d, "sidekey", None);
     // The same code from a plain `cargo build --release` (no profile),
-    // beside it on a port of its own: what the profile is worth.
-    let np_port = free_port();
-    let np_admin = free_port();
-    std::fs::write(
-        d.join("unprofiled.toml"),
-        format!(
-            "listen = \"127.0.0.1:{np_port}\"\nadmin_listen = \"127.0.0.1:{np_admin}\"\nca_file = \"{ca}\"\n\
-             [routes.openai]\ntype = \"openai\"\nupstream = \"https://localhost:{up_port}\"\nkey = \"path::{key}\"\n",
-            ca = d.join("ca.pem").display(),
-            key = d.join("openai-key").display(),
-        ),
-    )
-    .unwrap();
+    // beside it: what the profile is worth.
+    let np_port = config("unprofiled");
     let unprofiled = sidekey_proc(
         Path::new(env!("CARGO_BIN_EXE_sidekey")),
         d,
