@@ -13,6 +13,7 @@ endpoints.
 import http.client
 import http.server
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -131,6 +132,20 @@ def config(d, ups):
     return port, admin
 
 
+def serve(d, ups, command, env, load):
+    """Runs `command --config d/sidekey.toml` (a config routing to `ups`)
+    with `env` under `load(port, admin)`, then stops it gracefully: SIGTERM,
+    as the kubelet does (a profile or a trace is written as it exits)."""
+    port, admin = config(d, ups)
+    proc = subprocess.Popen([*command, "--config", f"{d}/sidekey.toml"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        load(port, admin)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
 def post(conn, path, body=BODY):
     conn.request("POST", path, body, {"content-type": "application/json",
                                       "authorization": "Bearer dummy",
@@ -187,7 +202,7 @@ def drive(port, admin, scale=1):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     post(conn, "/models/v1/chat/completions", b'{"model":"gpt-5"}')
     post(conn, "/nowhere/v1/chat/completions")
-    for path in ("/metrics", "/ready", "/healthz"):
+    for path in ("/metrics", "/readyz", "/healthz"):
         c = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
         c.request("GET", path)
         c.getresponse().read()
