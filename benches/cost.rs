@@ -32,9 +32,12 @@
 //! floor is built.
 //!
 //! Layout: both proxies run pinned to CPU 0 with one worker (sidekey:
-//! `--worker-threads 1`; nginx: one process); the upstream (an nginx serving
-//! HTTPS/1.1 for the request benchmarks, an in-process Rust server for the
-//! streams) and the load generators run on CPU 1. Both proxies talk TLS to the
+//! `--worker-threads 1`; nginx: one process); the upstream (a minimal
+//! HTTPS/1.1 server in its own process for the request benchmarks,
+//! [`upstream`], which answers with the head nginx's `return 200` sends; an
+//! in-process Rust server for the streams) and the load generators run on
+//! CPU 1. Section 1 prints how busy each proxy kept its core: near 100 %,
+//! its requests a second are the proxy's. Both proxies talk TLS to the
 //! upstream over pooled keep-alive connections and swap `Authorization` for
 //! the configured key, removing the other credential headers. Everything stays
 //! on 127.0.0.1 and every loop is bounded in time (`BENCH_SECS`, default 10).
@@ -91,11 +94,18 @@ const CLIENT_CREDENTIALS: [&str; 8] = [
 
 #[path = "cost/floor.rs"]
 mod floor;
+#[path = "cost/upstream.rs"]
+mod upstream;
 
 fn main() {
     // The floor proxy's own process (started by `setup`, pinned to CPU 0).
     if let Ok(spec) = std::env::var(floor::ENV) {
         floor::run(&spec, KEY);
+        return;
+    }
+    // The upstream's own process (started by `setup`, pinned to CPU 1).
+    if let Ok(spec) = std::env::var(upstream::ENV) {
+        upstream::run(&spec, ANSWER);
         return;
     }
     // Pin this process (load generators, stream upstream) to CPU 1 and give
@@ -135,7 +145,7 @@ struct Setup {
     nginx: Proc,
     /// The cheapest hyper proxy doing the same swap ([`floor`]).
     floor: Proc,
-    /// `https://127.0.0.1:P` of the upstream nginx.
+    /// `https://localhost:P` of the upstream ([`upstream`]).
     upstream_url: String,
     stream_url: String,
     sidekey_url: String,
@@ -187,14 +197,14 @@ async fn run(secs: Duration) {
         "1. Throughput and CPU per request at 64 connections, POST chat completion (wrk, median of {rounds_n})"
     );
     println!(
-        "   {:<22} {:>12} {:>14} {:>14} {:>12} {:>12} {:>18}",
-        "", "req/s", "CPU µs/req", "CPU range", "p50", "p99", "CPU × nginx"
+        "   {:<22} {:>12} {:>8} {:>14} {:>14} {:>12} {:>12} {:>18}",
+        "", "req/s", "busy", "CPU µs/req", "CPU range", "p50", "p99", "CPU × nginx"
     );
     let _ = wrk(&s.upstream_url, Duration::from_secs(1), None).await;
     let direct = wrk(&s.upstream_url, secs, None).await;
     println!(
-        "   {:<22} {:>12.0} {:>14} {:>14} {:>12} {:>12}",
-        "direct (upstream)", direct.rps, "-", "-", direct.p50, direct.p99
+        "   {:<22} {:>12.0} {:>8} {:>14} {:>14} {:>12} {:>12}",
+        "direct (upstream)", direct.rps, "-", "-", "-", direct.p50, direct.p99
     );
     for logs in [None, Some("text"), Some("json")] {
         set_logging(&mut s, logs);
@@ -256,8 +266,9 @@ async fn run(secs: Duration) {
             let mid = &r[r.len() / 2];
             let (lo, cpu, hi) = spread(r.iter().filter_map(|x| x.cpu_us_per_req).collect());
             let range = format!("{lo:.1}-{hi:.1}");
+            let busy = mid.busy.map_or("-".to_owned(), |b| format!("{b:.0} %"));
             println!(
-                "   {label:<24} {:>10.0} {cpu:>14.1} {range:>14} {:>12} {:>12} {ratio:>18}",
+                "   {label:<24} {:>10.0} {busy:>8} {cpu:>14.1} {range:>14} {:>12} {:>12} {ratio:>18}",
                 mid.rps, mid.p50, mid.p99
             );
         }
@@ -403,7 +414,7 @@ async fn setup() -> Setup {
     std::fs::write(d.join("openai-key"), format!("{KEY}\n")).unwrap();
 
     let up_port = free_port();
-    let upstream = nginx(d, "upstream", 1, &upstream_conf(d, up_port));
+    let upstream = own_process(1, upstream::ENV, format!("{up_port} {}", d.display()), d);
     let stream_addr = stream_upstream(&cert_pem, &key_pem).await;
     let ws_addr = ws_upstream().await;
     let stream_url = format!("https://{stream_addr}");
@@ -447,20 +458,12 @@ async fn setup() -> Setup {
     );
 
     let floor_port = free_port();
-    let floor = Proc {
-        child: Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(std::env::current_exe().unwrap())
-            .env(
-                floor::ENV,
-                format!("{floor_port} {up_port} {}", d.join("ca.pem").display()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        dir: d.to_path_buf(),
-    };
+    let floor = own_process(
+        0,
+        floor::ENV,
+        format!("{floor_port} {up_port} {}", d.join("ca.pem").display()),
+        d,
+    );
 
     let s = Setup {
         _dir: dir,
@@ -641,6 +644,23 @@ fn set_logging(s: &mut Setup, logs: Option<&str>) {
     std::thread::sleep(Duration::from_millis(500));
 }
 
+/// This bench's own binary as another role (`var` set to `spec`: the floor,
+/// the upstream), pinned to `cpu`.
+fn own_process(cpu: u8, var: &str, spec: String, dir: &Path) -> Proc {
+    let child = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(std::env::current_exe().unwrap())
+        .env(var, spec)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        dir: dir.to_path_buf(),
+    }
+}
+
 fn nginx(dir: &Path, name: &str, cpu: u8, conf: &str) -> Proc {
     let path = dir.join(format!("nginx-{name}.conf"));
     std::fs::write(&path, conf).unwrap();
@@ -670,17 +690,6 @@ fn temp_paths(dir: &Path) -> String {
     format!(
         "    client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
          \x20   uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n"
-    )
-}
-
-fn upstream_conf(dir: &Path, port: u16) -> String {
-    let d = dir.display();
-    format!(
-        "{}http {{\n    access_log off;\n{}    keepalive_requests 1000000;\n    server {{\n\
-         \x20       listen 127.0.0.1:{port} ssl;\n        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n\
-         \x20       location / {{ default_type application/json; return 200 '{ANSWER}'; }}\n    }}\n}}\n",
-        nginx_common(dir, "upstream"),
-        temp_paths(dir),
     )
 }
 
@@ -826,6 +835,9 @@ struct WrkResult {
     p50: String,
     p99: String,
     cpu_us_per_req: Option<f64>,
+    /// The proxy's CPU time over the run's wall time, in %: near 100, the
+    /// proxy's core is what bounds `rps`.
+    busy: Option<f64>,
 }
 
 async fn wrk(url: &str, secs: Duration, proc: Option<&Proc>) -> WrkResult {
@@ -839,6 +851,7 @@ async fn wrk(url: &str, secs: Duration, proc: Option<&Proc>) -> WrkResult {
     )
     .unwrap();
     let before = proc.map(Proc::cpu_secs);
+    let t0 = Instant::now();
     let out = tokio::process::Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1", "-c64", "--latency", "-d"])
         .arg(format!("{}s", secs.as_secs()))
@@ -850,6 +863,7 @@ async fn wrk(url: &str, secs: Duration, proc: Option<&Proc>) -> WrkResult {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let after = proc.map(Proc::cpu_secs);
+    let wall = t0.elapsed().as_secs_f64();
     let field = |prefix: &str| -> String {
         text.lines()
             .find(|l| l.trim_start().starts_with(prefix))
@@ -874,6 +888,7 @@ async fn wrk(url: &str, secs: Duration, proc: Option<&Proc>) -> WrkResult {
         p50: field("50%"),
         p99: field("99%"),
         cpu_us_per_req: before.zip(after).map(|(b, a)| (a - b) / requests * 1e6),
+        busy: before.zip(after).map(|(b, a)| (a - b) / wall * 100.0),
     }
 }
 
