@@ -37,7 +37,9 @@
 //! [`upstream`], which answers with the head nginx's `return 200` sends; an
 //! in-process Rust server for the streams) and the load generators run on
 //! CPU 1. Section 1 prints how busy each proxy kept its core: near 100 %,
-//! its requests a second are the proxy's. Both proxies talk TLS to the
+//! its requests a second are the proxy's. Under the tables of sections 1-3,
+//! the share of the machine's CPU time a VM's host took (steal), round by
+//! round: a round with steal was disturbed. Both proxies talk TLS to the
 //! upstream over pooled keep-alive connections and swap `Authorization` for
 //! the configured key, removing the other credential headers. Everything stays
 //! on 127.0.0.1 and every loop is bounded in time (`BENCH_SECS`, default 10).
@@ -238,10 +240,13 @@ async fn run(secs: Duration) {
         }
         // Rounds, the proxies alternating within each.
         let mut rounds: Vec<Vec<WrkResult>> = rows.iter().map(|_| Vec::new()).collect();
+        let mut stolen = Vec::new();
         for _ in 0..rounds_n {
+            let steal = Steal::now();
             for (i, (_, url, proc)) in rows.iter().enumerate() {
                 rounds[i].push(wrk(url, secs, Some(proc)).await);
             }
+            stolen.push(format!("{:.1} %", steal.since()));
         }
         // Each round's CPU beside nginx's in the same round: a paired
         // ratio cancels the drift of a shared machine between rounds.
@@ -272,6 +277,7 @@ async fn run(secs: Duration) {
                 mid.rps, mid.p50, mid.p99
             );
         }
+        println!("   {STEAL}, round by round: {}", stolen.join(", "));
     }
     set_logging(&mut s, None);
 
@@ -280,6 +286,7 @@ async fn run(secs: Duration) {
         "   {:<22} {:>14} {:>10} {:>10}",
         "", "CPU µs/req", "p50 µs", "p99 µs"
     );
+    let steal = Steal::now();
     for (name, url, proc) in [
         ("sidekey", &s.sidekey_url, &s.sidekey),
         ("nginx", &s.nginx_url, &s.nginx),
@@ -292,6 +299,7 @@ async fn run(secs: Duration) {
             r.cpu_us_per_req, r.p50, r.p99
         );
     }
+    println!("   {STEAL}: {:.1} %", steal.since());
 
     println!(
         "\n3. Latency at a fixed 1,000 req/s (open loop, 16 connections, median of {rounds_n} alternating rounds)"
@@ -309,11 +317,14 @@ async fn run(secs: Duration) {
     // (p50, p99) per row, round by round; "added" is a row's figure minus
     // the direct call's in the same round.
     let mut runs: Vec<Vec<(f64, f64)>> = rows.iter().map(|_| Vec::new()).collect();
+    let mut stolen = Vec::new();
     for _ in 0..rounds_n {
+        let steal = Steal::now();
         for (i, (_, url)) in rows.iter().enumerate() {
             let r = fixed_rate(url, secs, 1000, 16, None).await;
             runs[i].push((r.p50, r.p99));
         }
+        stolen.push(format!("{:.1} %", steal.since()));
     }
     let median = |x: Vec<f64>| spread(x).1;
     for (i, (name, _)) in rows.iter().enumerate() {
@@ -341,6 +352,8 @@ async fn run(secs: Duration) {
             );
         }
     }
+
+    println!("   {STEAL}, round by round: {}", stolen.join(", "));
 
     println!("\n4. Resident memory");
     println!("   RSS in MiB, its anonymous part (the process's own memory) in brackets");
@@ -961,6 +974,44 @@ async fn fixed_rate(
         cpu_us_per_req: before
             .zip(after)
             .map_or(f64::NAN, |(b, a)| (a - b) / answered * 1e6),
+    }
+}
+
+/// How the steal share is labelled under a table.
+const STEAL: &str = "CPU time the VM's host took (steal)";
+
+/// The machine's CPU time taken by a VM's host (`steal` in `/proc/stat`) from
+/// a moment on: rounds measured while the host took a share of the CPUs
+/// are not comparable with quiet ones, and the tables say which those were.
+struct Steal {
+    total: u64,
+    steal: u64,
+}
+
+impl Steal {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // "cpu  user nice system idle iowait irq softirq steal ...".
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        Self {
+            total: ticks.iter().sum(),
+            steal: ticks.get(7).copied().unwrap_or(0),
+        }
+    }
+
+    /// The share of the machine's CPU time stolen since `self`, in %.
+    fn since(&self) -> f64 {
+        let now = Self::now();
+        let total = now.total.saturating_sub(self.total).max(1);
+        now.steal.saturating_sub(self.steal) as f64 / total as f64 * 100.0
     }
 }
 
