@@ -8,9 +8,9 @@
 //!    with access logs off and on (sidekey's as text, then as JSON, the
 //!    chart's default; nginx's in its default format both times): the
 //!    median of `BENCH_ROUNDS` (default 3) alternating rounds, with the
-//!    range, and each proxy's CPU divided by nginx's in the same round (the
-//!    median of those paired ratios, with their range: steadier than the
-//!    ratio of two medians on a shared machine);
+//!    range, and each proxy's requests a second and CPU divided by nginx's
+//!    in the same round (the median of those paired ratios, with their
+//!    range: steadier than the ratio of two medians on a shared machine);
 //!    with logs off also sidekey built without its profile, the hyper
 //!    floor (the cheapest hyper proxy doing the same swap, [`floor`]) and
 //!    sidekey on a route with a fallback key and a model allowlist (the
@@ -201,14 +201,22 @@ async fn run(secs: Duration) {
         "1. Throughput and CPU per request at 64 connections, POST chat completion (wrk, median of {rounds_n})"
     );
     println!(
-        "   {:<22} {:>12} {:>8} {:>14} {:>14} {:>12} {:>12} {:>18}",
-        "", "req/s", "busy", "CPU µs/req", "CPU range", "p50", "p99", "CPU × nginx"
+        "   {:<22} {:>12} {:>18} {:>8} {:>14} {:>14} {:>12} {:>12} {:>18}",
+        "",
+        "req/s",
+        "req/s × nginx",
+        "busy",
+        "CPU µs/req",
+        "CPU range",
+        "p50",
+        "p99",
+        "CPU × nginx"
     );
     let _ = wrk(&s.upstream_url, Duration::from_secs(1), None).await;
     let direct = wrk(&s.upstream_url, secs, None).await;
     println!(
-        "   {:<22} {:>12.0} {:>8} {:>14} {:>14} {:>12} {:>12}",
-        "direct (upstream)", direct.rps, "-", "-", "-", direct.p50, direct.p99
+        "   {:<22} {:>12.0} {:>18} {:>8} {:>14} {:>14} {:>12} {:>12}",
+        "direct (upstream)", direct.rps, "-", "-", "-", "-", direct.p50, direct.p99
     );
     for logs in [None, Some("text"), Some("json")] {
         set_logging(&mut s, logs);
@@ -249,32 +257,37 @@ async fn run(secs: Duration) {
             round
         })
         .await;
-        // Each round's CPU beside nginx's in the same round: a paired
+        // Each round's figure beside nginx's in the same round: a paired
         // ratio cancels the drift of a shared machine between rounds.
-        let paired: Vec<String> = rounds
-            .iter()
-            .map(|r| {
-                let (lo, mid, hi) = spread(
-                    r.iter()
-                        .zip(&rounds[NGINX_ROW])
-                        .filter_map(|(a, n)| Some(a.cpu_us_per_req? / n.cpu_us_per_req?))
-                        .collect(),
-                );
-                if mid.is_nan() {
-                    "-".to_owned()
-                } else {
-                    format!("{mid:.2} ({lo:.2}-{hi:.2})")
-                }
-            })
-            .collect();
-        for (((label, _, _), mut r), ratio) in rows.iter().zip(rounds).zip(paired) {
+        let paired = |of: fn(&WrkResult) -> Option<f64>| -> Vec<String> {
+            rounds
+                .iter()
+                .map(|r| {
+                    let (lo, mid, hi) = spread(
+                        r.iter()
+                            .zip(&rounds[NGINX_ROW])
+                            .filter_map(|(a, n)| Some(of(a)? / of(n)?))
+                            .collect(),
+                    );
+                    if mid.is_nan() {
+                        "-".to_owned()
+                    } else {
+                        format!("{mid:.2} ({lo:.2}-{hi:.2})")
+                    }
+                })
+                .collect()
+        };
+        let cpu_ratio = paired(|r| r.cpu_us_per_req);
+        let rps_ratio = paired(|r| Some(r.rps));
+        let ratios = cpu_ratio.into_iter().zip(rps_ratio);
+        for (((label, _, _), mut r), (ratio, rps_ratio)) in rows.iter().zip(rounds).zip(ratios) {
             r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             let mid = &r[r.len() / 2];
             let (lo, cpu, hi) = spread(r.iter().filter_map(|x| x.cpu_us_per_req).collect());
             let range = format!("{lo:.1}-{hi:.1}");
             let busy = mid.busy.map_or("-".to_owned(), |b| format!("{b:.0} %"));
             println!(
-                "   {label:<24} {:>10.0} {busy:>8} {cpu:>14.1} {range:>14} {:>12} {:>12} {ratio:>18}",
+                "   {label:<24} {:>10.0} {rps_ratio:>18} {busy:>8} {cpu:>14.1} {range:>14} {:>12} {:>12} {ratio:>18}",
                 mid.rps, mid.p50, mid.p99
             );
         }
