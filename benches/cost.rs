@@ -25,6 +25,9 @@
 //! 5. time to the first server-sent event, versus a direct call;
 //! 6. 1,000 open idle WebSockets through sidekey: its RSS and CPU.
 //!
+//! `BENCH_ONLY=1,3` runs those sections alone (section 4's "idle after
+//! load" is then after whatever load ran).
+//!
 //! "sidekey" is the binary as its image is built: with the profile
 //! `link/sidekey.profdata` (profile-guided optimisation), which the bench
 //! builds first into `target/pgo` ([`released_sidekey`]). "sidekey, no
@@ -197,6 +200,35 @@ async fn run(secs: Duration) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
+    // `BENCH_ONLY=1,3`: those sections alone (the setup is the same).
+    let only: Vec<u8> = std::env::var("BENCH_ONLY").map_or_else(
+        |_| (1..=6).collect(),
+        |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    );
+    if only.contains(&1) {
+        throughput(&mut s, secs, rounds_n).await;
+    }
+    if only.contains(&2) {
+        open_loop(&s, secs).await;
+    }
+    if only.contains(&3) {
+        latency(&s, secs, rounds_n).await;
+    }
+    if only.contains(&4) {
+        memory(&s, at_start).await;
+    }
+    if only.contains(&5) {
+        first_events(&s).await;
+    }
+    if only.contains(&6) {
+        websockets(&s, secs).await;
+    }
+    drop(s.upstream);
+}
+
+/// Section 1: requests a second and CPU per request at 64 connections,
+/// closed loop, with logs off and on.
+async fn throughput(s: &mut Setup, secs: Duration, rounds_n: usize) {
     println!(
         "1. Throughput and CPU per request at 64 connections, POST chat completion (wrk, median of {rounds_n})"
     );
@@ -219,7 +251,7 @@ async fn run(secs: Duration) {
         "direct (upstream)", direct.rps, "-", "-", "-", "-", direct.p50, direct.p99
     );
     for logs in [None, Some("text"), Some("json")] {
-        set_logging(&mut s, logs);
+        set_logging(s, logs);
         let (ours, theirs) = match logs {
             None => ("sidekey (logs off)", "nginx (logs off)"),
             Some("text") => ("sidekey (logs text)", "nginx (logs on)"),
@@ -293,8 +325,11 @@ async fn run(secs: Duration) {
         }
         println!("   {stolen}");
     }
-    set_logging(&mut s, None);
+    set_logging(s, None);
+}
 
+/// Section 2: CPU per request at a fixed 5,000 req/s.
+async fn open_loop(s: &Setup, secs: Duration) {
     println!("\n2. CPU per request at a fixed 5,000 req/s (open loop, 64 connections)");
     println!(
         "   {:<22} {:>14} {:>10} {:>10}",
@@ -314,7 +349,10 @@ async fn run(secs: Duration) {
         );
     }
     println!("   {STEAL}: {:.1} %", steal.since());
+}
 
+/// Section 3: added latency at a fixed 1,000 req/s.
+async fn latency(s: &Setup, secs: Duration, rounds_n: usize) {
     println!(
         "\n3. Latency at a fixed 1,000 req/s (open loop, 16 connections, median of {rounds_n} alternating rounds)"
     );
@@ -367,7 +405,10 @@ async fn run(secs: Duration) {
     }
 
     println!("   {stolen}");
+}
 
+/// Section 4: resident memory at start, idle, and with 1,000 open streams.
+async fn memory(s: &Setup, at_start: [(f64, f64); 2]) {
     println!("\n4. Resident memory");
     println!("   RSS in MiB, its anonymous part (the process's own memory) in brackets");
     println!(
@@ -391,7 +432,10 @@ async fn run(secs: Duration) {
         let idle = format!("{idle:.1} ({idle_anon:.1})");
         println!("   {name:<22} {start:>14} {idle:>18} {busy:>22.1}");
     }
+}
 
+/// Section 5: time to the first server-sent event.
+async fn first_events(s: &Setup) {
     println!("\n5. Time to the first server-sent event (200 sequential streams)");
     println!(
         "   {:<22} {:>10} {:>10} {:>14}",
@@ -411,7 +455,10 @@ async fn run(secs: Duration) {
             r.0 - direct.0
         );
     }
+}
 
+/// Section 6: 1,000 idle WebSockets through sidekey.
+async fn websockets(s: &Setup, secs: Duration) {
     println!("\n6. {STREAMS} open idle WebSockets through sidekey");
     println!(
         "   {:<22} {:>10} {:>18} {:>22}",
@@ -420,7 +467,6 @@ async fn run(secs: Duration) {
     let idle = s.sidekey.rss_mib();
     let (rss, cpu) = open_websockets(&s.ws_url, STREAMS, &s.sidekey, secs).await;
     println!("   {:<22} {idle:>10.1} {rss:>18.1} {cpu:>22.2}", "sidekey");
-    drop(s.upstream);
 }
 
 // === setup ===
