@@ -719,26 +719,27 @@ fn set_logging(s: &mut Setup, logs: Option<&str>) {
 /// This bench's own binary as another role (`var` set to `spec`: the floor,
 /// the upstream), pinned to `cpu`.
 fn own_process(cpu: u8, var: &str, spec: String, dir: &Path) -> Proc {
-    let child = Command::new("taskset")
-        .args(["-c", &cpu.to_string()])
-        .arg(std::env::current_exe().unwrap())
-        .env(var, spec)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc {
-        child,
-        dir: dir.to_path_buf(),
-    }
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(var, spec);
+    pinned(cpu, &cmd, dir)
 }
 
 fn nginx(dir: &Path, name: &str, cpu: u8, conf: &str) -> Proc {
     let path = dir.join(format!("nginx-{name}.conf"));
     std::fs::write(&path, conf).unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-c").arg(&path);
+    pinned(cpu, &cmd, dir)
+}
+
+/// Starts `cmd` (its program, arguments and environment) under `taskset`
+/// on `cpu`, its output discarded.
+fn pinned(cpu: u8, cmd: &Command, dir: &Path) -> Proc {
     let child = Command::new("taskset")
-        .args(["-c", &cpu.to_string(), "nginx", "-c"])
-        .arg(&path)
+        .args(["-c", &cpu.to_string()])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1137,20 +1138,7 @@ fn percentiles(v: &mut [f64]) -> (f64, f64) {
 /// A TLS server on CPU 1 that answers every request with a stream: one event
 /// at once, then silence for a minute (bounded), then `[DONE]`.
 async fn stream_upstream(cert_pem: &str, key_pem: &str) -> SocketAddr {
-    use rustls::pki_types::pem::PemObject;
-    let certs =
-        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let acceptor = upstream::acceptor(cert_pem, key_pem, &[b"h2", b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

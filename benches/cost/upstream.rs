@@ -12,15 +12,17 @@
 //! so CPU 1 keeps room and the proxy's core is what saturates (section 1
 //! prints how busy it was). It answers with the head nginx's `return 200`
 //! sent, header for header (`Date` fixed), so each proxy parses what it
-//! parsed before. A request it cannot frame (no `Content-Length` on a
-//! request with a body, chunked) closes the connection, which wrk reports
-//! as an error.
+//! parsed before. Unlike `return 200`, it answers once the whole body has
+//! arrived, as a provider does. A request it cannot frame (a chunked body,
+//! a bad `Content-Length`, a head over 16 KiB) closes the connection, which
+//! wrk reports as an error.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 /// Set (to "LISTEN_PORT DIR", `DIR` holding `cert.pem` and `key.pem`) in the
@@ -41,11 +43,13 @@ pub(crate) fn run(spec: &str, answer: &str) {
     rt.block_on(serve(port, Path::new(dir), answer));
 }
 
-async fn serve(port: u16, dir: &Path, answer: &str) {
+/// A TLS acceptor (rustls with ring) for the certificate and key in PEM,
+/// offering `alpn`.
+pub(crate) fn acceptor(cert_pem: &str, key_pem: &str, alpn: &[&[u8]]) -> TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     let certs =
-        vec![rustls::pki_types::CertificateDer::from_pem_file(dir.join("cert.pem")).unwrap()];
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -54,8 +58,13 @@ async fn serve(port: u16, dir: &Path, answer: &str) {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsAcceptor::from(Arc::new(tls))
+}
+
+async fn serve(port: u16, dir: &Path, answer: &str) {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let acceptor = acceptor(&read("cert.pem"), &read("key.pem"), &[b"http/1.1"]);
     let response: Arc<[u8]> = format!(
         "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 12:00:00 GMT\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{answer}",
