@@ -281,7 +281,7 @@ async fn throughput(s: &mut Setup, secs: Duration, rounds_n: usize) {
             let _ = wrk(url, Duration::from_secs(1), None).await;
         }
         // Rounds, the proxies alternating within each.
-        let (rounds, stolen) = quiet_rounds(rounds_n, rows.len(), async || {
+        let (rounds, stolen) = quiet_rounds(rounds_n, async || {
             let mut round = Vec::new();
             for (_, url, proc) in &rows {
                 round.push(wrk(url, secs, Some(proc)).await);
@@ -368,7 +368,7 @@ async fn latency(s: &Setup, secs: Duration, rounds_n: usize) {
     ];
     // (p50, p99) per row, round by round; "added" is a row's figure minus
     // the direct call's in the same round.
-    let (runs, stolen) = quiet_rounds(rounds_n, rows.len(), async || {
+    let (runs, stolen) = quiet_rounds(rounds_n, async || {
         let mut round = Vec::new();
         for (_, url) in &rows {
             let r = fixed_rate(url, secs, 1000, 16, None).await;
@@ -403,7 +403,6 @@ async fn latency(s: &Setup, secs: Duration, rounds_n: usize) {
             );
         }
     }
-
     println!("   {stolen}");
 }
 
@@ -525,7 +524,6 @@ async fn setup() -> Setup {
     let nginx_proxy = nginx(
         d,
         "proxy",
-        0,
         &proxy_conf(d, ng_port, up_port, stream_addr, false),
     );
 
@@ -712,7 +710,7 @@ fn set_logging(s: &mut Setup, logs: Option<&str>) {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    s.nginx = nginx(&dir, "proxy", 0, &conf);
+    s.nginx = nginx(&dir, "proxy", &conf);
     std::thread::sleep(Duration::from_millis(500));
 }
 
@@ -724,12 +722,13 @@ fn own_process(cpu: u8, var: &str, spec: String, dir: &Path) -> Proc {
     pinned(cpu, &cmd, dir)
 }
 
-fn nginx(dir: &Path, name: &str, cpu: u8, conf: &str) -> Proc {
+/// nginx with `conf`, on CPU 0 beside the other proxies.
+fn nginx(dir: &Path, name: &str, conf: &str) -> Proc {
     let path = dir.join(format!("nginx-{name}.conf"));
     std::fs::write(&path, conf).unwrap();
     let mut cmd = Command::new("nginx");
     cmd.arg("-c").arg(&path);
-    pinned(cpu, &cmd, dir)
+    pinned(0, &cmd, dir)
 }
 
 /// Starts `cmd` (its program, arguments and environment) under `taskset`
@@ -1048,16 +1047,15 @@ const STEAL: &str = "CPU time the VM's host took (steal)";
 /// line of steal figures for under the table.
 async fn quiet_rounds<T>(
     n: usize,
-    rows: usize,
     mut round: impl AsyncFnMut() -> Vec<T>,
 ) -> (Vec<Vec<T>>, String) {
     let limit: f64 = std::env::var("BENCH_MAX_STEAL")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let mut kept: Vec<Vec<T>> = (0..rows).map(|_| Vec::new()).collect();
-    let (mut reruns, mut line) = (n, Vec::new());
-    while kept[0].len() < n {
+    let mut kept: Vec<Vec<T>> = Vec::new();
+    let (mut rounds, mut reruns, mut line) = (0, n, Vec::new());
+    while rounds < n {
         let steal = Steal::now();
         let results = round().await;
         let stolen = steal.since();
@@ -1067,9 +1065,11 @@ async fn quiet_rounds<T>(
             continue;
         }
         line.push(format!("{stolen:.1} %"));
+        kept.resize_with(results.len(), Vec::new);
         for (row, r) in kept.iter_mut().zip(results) {
             row.push(r);
         }
+        rounds += 1;
     }
     (
         kept,
