@@ -7,10 +7,11 @@
 //! 1. throughput and CPU per request at 64 connections (wrk, closed loop),
 //!    with access logs off and on (sidekey's as text, then as JSON, the
 //!    chart's default; nginx's in its default format both times): the
-//!    median of `BENCH_ROUNDS` (default 3) alternating rounds, with the
-//!    range, and each proxy's requests a second and CPU divided by nginx's
-//!    in the same round (the median of those paired ratios, with their
-//!    range: steadier than the ratio of two medians on a shared machine);
+//!    rows take turns of two seconds, `BENCH_ROUNDS` (default 3) ×
+//!    `BENCH_SECS` / 2 turns each, and the table gives the median with
+//!    its quartiles of each row's requests a second and CPU, and of those
+//!    divided by nginx's in the same turn (paired ratios: steadier than
+//!    the ratio of two medians on a shared machine; [`throughput`]);
 //!    with logs off also sidekey built without its profile, the hyper
 //!    floor (the cheapest hyper proxy doing the same swap, [`floor`]) and
 //!    sidekey on a route with a fallback key and a model allowlist (the
@@ -43,12 +44,10 @@
 //! [`upstream`], which answers with the head nginx's `return 200` sends; an
 //! in-process Rust server for the streams) and the load generators run on
 //! CPU 1. Section 1 prints how busy each proxy kept its core: near 100 %,
-//! its requests a second are the proxy's. Under the tables of sections 1
-//! and 2, the share of the machine's CPU time a VM's host took (steal),
-//! round by round: a round with steal was disturbed, and one of section 1
-//! with more than `BENCH_MAX_STEAL` % (default 2) is run again, at most
-//! `BENCH_ROUNDS` extra times per table ([`quiet_rounds`]). Section 3
-//! counts the slices without steal instead. Both proxies talk TLS to the
+//! its requests a second are the proxy's. Sections 1 and 3 count a slice
+//! as quiet when the VM's host took (steal) at most 1 % of the CPUs' time
+//! during it (section 1) or not a tick (section 3), and give their figures
+//! over the quiet slices; section 2 prints the steal during it. Both proxies talk TLS to the
 //! upstream over pooled keep-alive connections and swap `Authorization` for
 //! the configured key, removing the other credential headers. Everything stays
 //! on 127.0.0.1 and every loop is bounded in time (`BENCH_SECS`, default 10).
@@ -87,9 +86,16 @@ const KEY: &str = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz";
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi"}]}"#;
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
 const STREAMS: usize = 1000;
-/// Where nginx sits among section 1's rows: the other rows' CPU is divided
-/// by its, round by round.
+/// Where nginx sits among section 1's rows: the other rows' figures are
+/// divided by its, turn by turn.
 const NGINX_ROW: usize = 1;
+/// How long each row of section 1 runs before the next takes its turn.
+const TURN: Duration = Duration::from_secs(2);
+/// A turn of section 1 is quiet when the host took at most 1 % of the two
+/// CPUs' time during it (4 of their 400 ticks): its requests a second and
+/// CPU move by about as much, where a p99 (section 3) moves with a single
+/// tick.
+const QUIET_TICKS: u64 = 4;
 /// The client credential headers both nginx and the floor clear, besides
 /// `Authorization`, which they overwrite (sidekey strips these and more).
 const CLIENT_CREDENTIALS: [&str; 8] = [
@@ -232,26 +238,29 @@ async fn run(secs: Duration) {
 
 /// Section 1: requests a second and CPU per request at 64 connections,
 /// closed loop, with logs off and on.
+///
+/// The rows take turns of [`TURN`], `BENCH_ROUNDS` × `BENCH_SECS` / 2 turns
+/// each, and each row's figure is divided by nginx's in the same turn, two
+/// to eight seconds apart: the host's interference on a shared VM changes
+/// within seconds, and the closer two measurements are, the more of it
+/// they share. A slice counts as quiet when the host took at most 1 % of
+/// the CPUs' time during it ([`QUIET_TICKS`]); the figures are over the
+/// quiet slices, and the ratios over the turns in which both the row's and
+/// nginx's slices were quiet (all of them, when fewer than three were).
 async fn throughput(s: &mut Setup, secs: Duration, rounds_n: usize) {
+    let turns = (rounds_n * secs.as_secs() as usize / TURN.as_secs() as usize).max(1);
     println!(
-        "1. Throughput and CPU per request at 64 connections, POST chat completion (wrk, median of {rounds_n})"
+        "1. Throughput and CPU per request at 64 connections, POST chat completion (wrk; the rows take {turns} turns of {} s; medians, quartiles in brackets)",
+        TURN.as_secs()
     );
     println!(
-        "   {:<22} {:>12} {:>18} {:>8} {:>14} {:>14} {:>12} {:>12} {:>18}",
-        "",
-        "req/s",
-        "req/s × nginx",
-        "busy",
-        "CPU µs/req",
-        "CPU range",
-        "p50",
-        "p99",
-        "CPU × nginx"
+        "   {:<24} {:>8} {:>18} {:>6} {:>18} {:>18} {:>10} {:>10} {:>7}",
+        "", "req/s", "req/s × nginx", "busy", "CPU µs/req", "CPU × nginx", "p50", "p99", "quiet"
     );
     let _ = wrk(&s.upstream_url, Duration::from_secs(1), None).await;
     let direct = wrk(&s.upstream_url, secs, None).await;
     println!(
-        "   {:<22} {:>12.0} {:>18} {:>8} {:>14} {:>14} {:>12} {:>12}",
+        "   {:<24} {:>8.0} {:>18} {:>6} {:>18} {:>18} {:>10} {:>10}",
         "direct (upstream)", direct.rps, "-", "-", "-", "-", direct.p50, direct.p99
     );
     for logs in [None, Some("text"), Some("json")] {
@@ -264,70 +273,67 @@ async fn throughput(s: &mut Setup, secs: Duration, rounds_n: usize) {
         // With logs on only the two proxies that have them; the floor logs
         // nothing and the fallback route is about the body, not the log.
         let mut rows = vec![
-            (ours.to_owned(), &s.sidekey_url, &s.sidekey),
+            (ours, &s.sidekey_url, &s.sidekey),
             // At NGINX_ROW.
-            (theirs.to_owned(), &s.nginx_url, &s.nginx),
+            (theirs, &s.nginx_url, &s.nginx),
         ];
         if logs.is_none() {
-            rows.push((
-                "sidekey, no profile".to_owned(),
-                &s.unprofiled_url,
-                &s.unprofiled,
-            ));
-            rows.push(("hyper floor".to_owned(), &s.floor_url, &s.floor));
-            rows.push((
-                "sidekey fallback+models".to_owned(),
-                &s.fallback_url,
-                &s.sidekey,
-            ));
+            rows.push(("sidekey, no profile", &s.unprofiled_url, &s.unprofiled));
+            rows.push(("hyper floor", &s.floor_url, &s.floor));
+            rows.push(("sidekey fallback+models", &s.fallback_url, &s.sidekey));
         }
         for (_, url, _) in &rows {
             let _ = wrk(url, Duration::from_secs(1), None).await;
         }
-        // Rounds, the proxies alternating within each.
-        let (rounds, stolen) = quiet_rounds(rounds_n, async || {
-            let mut round = Vec::new();
+        // Turn by turn, row by row: the result and whether its slice was quiet.
+        let mut turns_run: Vec<Vec<(WrkResult, bool)>> = Vec::new();
+        for _ in 0..turns {
+            let mut turn = Vec::new();
             for (_, url, proc) in &rows {
-                round.push(wrk(url, secs, Some(proc)).await);
+                let steal = CpuSteal::now();
+                let r = wrk(url, TURN, Some(proc)).await;
+                turn.push((r, steal.since() <= QUIET_TICKS));
             }
-            round
-        })
-        .await;
-        // Each round's figure beside nginx's in the same round: a paired
-        // ratio cancels the drift of a shared machine between rounds.
-        let paired = |of: fn(&WrkResult) -> Option<f64>| -> Vec<String> {
-            rounds
-                .iter()
-                .map(|r| {
-                    let (lo, mid, hi) = spread(
-                        r.iter()
-                            .zip(&rounds[NGINX_ROW])
-                            .filter_map(|(a, n)| Some(of(a)? / of(n)?))
-                            .collect(),
-                    );
-                    if mid.is_nan() {
-                        "-".to_owned()
-                    } else {
-                        format!("{mid:.2} ({lo:.2}-{hi:.2})")
-                    }
-                })
-                .collect()
-        };
-        let cpu_ratio = paired(|r| r.cpu_us_per_req);
-        let rps_ratio = paired(|r| Some(r.rps));
-        let ratios = cpu_ratio.into_iter().zip(rps_ratio);
-        for (((label, _, _), mut r), (ratio, rps_ratio)) in rows.iter().zip(rounds).zip(ratios) {
-            r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-            let mid = &r[r.len() / 2];
-            let (lo, cpu, hi) = spread(r.iter().filter_map(|x| x.cpu_us_per_req).collect());
-            let range = format!("{lo:.1}-{hi:.1}");
-            let busy = mid.busy.map_or("-".to_owned(), |b| format!("{b:.0} %"));
+            turns_run.push(turn);
+        }
+        for (i, (label, _, _)) in rows.iter().enumerate() {
+            let row = |pick: fn(&WrkResult) -> Option<f64>, paired: bool| -> (f64, f64, f64) {
+                let kept = |t: &&Vec<(WrkResult, bool)>| t[i].1 && (!paired || t[NGINX_ROW].1);
+                let of = |t: &Vec<(WrkResult, bool)>| {
+                    let n = if paired { pick(&t[NGINX_ROW].0)? } else { 1.0 };
+                    Some(pick(&t[i].0)? / n)
+                };
+                let quiet: Vec<f64> = turns_run.iter().filter(kept).filter_map(of).collect();
+                if quiet.len() >= 3 {
+                    quartiles(quiet)
+                } else {
+                    quartiles(turns_run.iter().filter_map(of).collect())
+                }
+            };
+            let (_, rps, _) = row(|r| Some(r.rps), false);
+            let rps_ratio = row(|r| Some(r.rps), true);
+            let cpu = row(|r| r.cpu_us_per_req, false);
+            let cpu_ratio = row(|r| r.cpu_us_per_req, true);
+            let (_, busy, _) = row(|r| r.busy, false);
+            // wrk's percentiles from the turn with the median requests a second.
+            let mut by_rps: Vec<&WrkResult> = turns_run.iter().map(|t| &t[i].0).collect();
+            by_rps.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            let mid = by_rps[by_rps.len() / 2];
+            let quiet = turns_run.iter().filter(|t| t[i].1).count();
+            let fmt = |(lo, mid, hi): (f64, f64, f64), digits: usize| {
+                format!("{mid:.digits$} ({lo:.digits$}-{hi:.digits$})")
+            };
             println!(
-                "   {label:<24} {:>10.0} {rps_ratio:>18} {busy:>8} {cpu:>14.1} {range:>14} {:>12} {:>12} {ratio:>18}",
-                mid.rps, mid.p50, mid.p99
+                "   {label:<24} {rps:>8.0} {:>18} {:>6} {:>18} {:>18} {:>10} {:>10} {:>7}",
+                fmt(rps_ratio, 2),
+                format!("{busy:.0} %"),
+                fmt(cpu, 1),
+                fmt(cpu_ratio, 2),
+                mid.p50,
+                mid.p99,
+                format!("{quiet}/{turns}"),
             );
         }
-        println!("   {stolen}");
     }
     set_logging(s, None);
 }
@@ -392,7 +398,7 @@ async fn latency(s: &Setup, secs: Duration, rounds_n: usize) {
         for (i, (client, (_, url))) in clients.iter().zip(&rows).enumerate() {
             let steal = CpuSteal::now();
             let lat = at_rate(client, url, Duration::from_secs(1), 1000, 16).await;
-            if steal.none_since() {
+            if steal.since() == 0 {
                 quiet[i].extend_from_slice(&lat);
                 kept[i] += 1;
             }
@@ -403,15 +409,22 @@ async fn latency(s: &Setup, secs: Duration, rounds_n: usize) {
     for (i, (name, _)) in rows.iter().enumerate() {
         let (p50, p99) = percentiles(&mut quiet[i]);
         let (_, p99_all) = percentiles(&mut all[i]);
+        // A row without a quiet slice has no figures: "-", not NaN.
+        let us = |v: f64| {
+            if v.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{v:.0}")
+            }
+        };
         let (a50, a99) = if i == 0 {
             ("-".to_string(), "-".to_string())
         } else {
-            (format!("{:.0}", p50 - d50), format!("{:.0}", p99 - d99))
+            (us(p50 - d50), us(p99 - d99))
         };
+        let (p50, p99) = (us(p50), us(p99));
         let kept = format!("{}/{slices}", kept[i]);
-        println!(
-            "   {name:<22} {p50:>8.0} {p99:>8.0} {a50:>10} {a99:>10} {kept:>13} {p99_all:>10.0}"
-        );
+        println!("   {name:<22} {p50:>8} {p99:>8} {a50:>10} {a99:>10} {kept:>13} {p99_all:>10.0}");
     }
 }
 
@@ -1066,44 +1079,6 @@ async fn at_rate(
 /// How the steal share is labelled under a table.
 const STEAL: &str = "CPU time the VM's host took (steal)";
 
-/// Runs `n` rounds of `round` (one result per row), measuring each against
-/// the VM's steal: a round during which the host took more than
-/// `BENCH_MAX_STEAL` % (default 2) of the machine's CPU time is run again,
-/// at most `n` times in all, so the bench stays bounded when the host is
-/// busy for minutes. Returns the rounds kept, one `Vec` per row, and the
-/// line of steal figures for under the table.
-async fn quiet_rounds<T>(
-    n: usize,
-    mut round: impl AsyncFnMut() -> Vec<T>,
-) -> (Vec<Vec<T>>, String) {
-    let limit: f64 = std::env::var("BENCH_MAX_STEAL")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
-    let mut kept: Vec<Vec<T>> = Vec::new();
-    let (mut rounds, mut reruns, mut line) = (0, n, Vec::new());
-    while rounds < n {
-        let steal = Steal::now();
-        let results = round().await;
-        let stolen = steal.since();
-        if stolen > limit && reruns > 0 {
-            reruns -= 1;
-            line.push(format!("{stolen:.1} % (run again)"));
-            continue;
-        }
-        line.push(format!("{stolen:.1} %"));
-        kept.resize_with(results.len(), Vec::new);
-        for (row, r) in kept.iter_mut().zip(results) {
-            row.push(r);
-        }
-        rounds += 1;
-    }
-    (
-        kept,
-        format!("{STEAL}, round by round: {}", line.join(", ")),
-    )
-}
-
 /// The machine's CPU time taken by a VM's host (`steal` in `/proc/stat`) from
 /// a moment on: rounds measured while the host took a share of the CPUs
 /// are not comparable with quiet ones, and the tables say which those were.
@@ -1130,8 +1105,7 @@ impl Steal {
 }
 
 /// The steal of CPU 0 (the proxies') and CPU 1 (the upstream's and the
-/// load's) from a moment on, in the kernel's ticks (USER_HZ, 10 ms): zero
-/// on both means the host took neither for a tick.
+/// load's) from a moment on, in the kernel's ticks (USER_HZ: 100 a second).
 struct CpuSteal([u64; 2]);
 
 impl CpuSteal {
@@ -1140,8 +1114,13 @@ impl CpuSteal {
         Self(["cpu0", "cpu1"].map(|cpu| cpu_ticks(&stat, cpu).get(7).copied().unwrap_or(0)))
     }
 
-    fn none_since(&self) -> bool {
-        Self::now().0 == self.0
+    /// The ticks the host took from both CPUs since `self`.
+    fn since(&self) -> u64 {
+        let now = Self::now().0;
+        now.iter()
+            .zip(self.0)
+            .map(|(n, t)| n.saturating_sub(t))
+            .sum()
     }
 }
 
@@ -1162,16 +1141,15 @@ fn cpu_ticks(stat: &str, cpu: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The lowest, middle and highest of `values` (NaN when there are none):
-/// a median with its range.
-fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+/// The lower quartile, the median and the upper quartile of `values`
+/// (NaN when there are none).
+fn quartiles(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    let at = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
-    (
-        at(0),
-        at(values.len() / 2),
-        at(values.len().saturating_sub(1)),
-    )
+    let at = |q: f64| {
+        let i = ((values.len() as f64 - 1.0) * q).round() as usize;
+        values.get(i).copied().unwrap_or(f64::NAN)
+    };
+    (at(0.25), at(0.5), at(0.75))
 }
 
 fn percentiles(v: &mut [f64]) -> (f64, f64) {
