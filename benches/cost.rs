@@ -17,7 +17,8 @@
 //!    sidekey on a route with a fallback key and a model allowlist (the
 //!    body read, checked and kept for a retry);
 //! 2. CPU per request at a fixed 5,000 req/s (open loop): every proxy sees
-//!    the same arrival pattern, so this is the fairest cost comparison;
+//!    the same arrival pattern, so this is the fairest cost comparison; the
+//!    rows take turns as in section 1 ([`open_loop`]);
 //! 3. added latency (p50/p99) at a fixed 1,000 req/s, the floor included:
 //!    the rows take turns in one-second slices, `BENCH_ROUNDS` ×
 //!    `BENCH_SECS` each, and the percentiles are over the slices in which
@@ -44,10 +45,10 @@
 //! [`upstream`], which answers with the head nginx's `return 200` sends; an
 //! in-process Rust server for the streams) and the load generators run on
 //! CPU 1. Section 1 prints how busy each proxy kept its core: near 100 %,
-//! its requests a second are the proxy's. Sections 1 and 3 count a slice
-//! as quiet when the VM's host took (steal) at most 1 % of the CPUs' time
-//! during it (section 1) or not a tick (section 3), and give their figures
-//! over the quiet slices; section 2 prints the steal during it. Both proxies talk TLS to the
+//! its requests a second are the proxy's. Sections 1-3 count a slice as
+//! quiet when the VM's host took (steal) at most 1 % of the CPUs' time
+//! during it (sections 1 and 2) or not a tick (section 3), and give their
+//! figures over the quiet slices. Both proxies talk TLS to the
 //! upstream over pooled keep-alive connections and swap `Authorization` for
 //! the configured key, removing the other credential headers. Everything stays
 //! on 127.0.0.1 and every loop is bounded in time (`BENCH_SECS`, default 10).
@@ -91,7 +92,7 @@ const STREAMS: usize = 1000;
 const NGINX_ROW: usize = 1;
 /// How long each row of section 1 runs before the next takes its turn.
 const TURN: Duration = Duration::from_secs(2);
-/// A turn of section 1 is quiet when the host took at most 1 % of the two
+/// A turn of sections 1 and 2 is quiet when the host took at most 1 % of the two
 /// CPUs' time during it (4 of their 400 ticks): its requests a second and
 /// CPU move by about as much, where a p99 (section 3) moves with a single
 /// tick.
@@ -219,7 +220,7 @@ async fn run(secs: Duration) {
         throughput(&mut s, secs, rounds_n).await;
     }
     if only.contains(&2) {
-        open_loop(&s, secs).await;
+        open_loop(&s, secs, rounds_n).await;
     }
     if only.contains(&3) {
         latency(&s, secs, rounds_n).await;
@@ -248,7 +249,7 @@ async fn run(secs: Duration) {
 /// quiet slices, and the ratios over the turns in which both the row's and
 /// nginx's slices were quiet (all of them, when fewer than three were).
 async fn throughput(s: &mut Setup, secs: Duration, rounds_n: usize) {
-    let turns = (rounds_n * secs.as_secs() as usize / TURN.as_secs() as usize).max(1);
+    let turns = turn_count(secs, rounds_n);
     println!(
         "1. Throughput and CPU per request at 64 connections, POST chat completion (wrk; the rows take {turns} turns of {} s; medians, quartiles in brackets)",
         TURN.as_secs()
@@ -297,38 +298,25 @@ async fn throughput(s: &mut Setup, secs: Duration, rounds_n: usize) {
             turns_run.push(turn);
         }
         for (i, (label, _, _)) in rows.iter().enumerate() {
-            let row = |pick: fn(&WrkResult) -> Option<f64>, paired: bool| -> (f64, f64, f64) {
-                let kept = |t: &&Vec<(WrkResult, bool)>| t[i].1 && (!paired || t[NGINX_ROW].1);
-                let of = |t: &Vec<(WrkResult, bool)>| {
-                    let n = if paired { pick(&t[NGINX_ROW].0)? } else { 1.0 };
-                    Some(pick(&t[i].0)? / n)
-                };
-                let quiet: Vec<f64> = turns_run.iter().filter(kept).filter_map(of).collect();
-                if quiet.len() >= 3 {
-                    quartiles(quiet)
-                } else {
-                    quartiles(turns_run.iter().filter_map(of).collect())
-                }
+            let row = |pick: fn(&WrkResult) -> Option<f64>, by: Option<usize>| {
+                over_turns(&turns_run, i, by, pick)
             };
-            let (_, rps, _) = row(|r| Some(r.rps), false);
-            let rps_ratio = row(|r| Some(r.rps), true);
-            let cpu = row(|r| r.cpu_us_per_req, false);
-            let cpu_ratio = row(|r| r.cpu_us_per_req, true);
-            let (_, busy, _) = row(|r| r.busy, false);
+            let (_, rps, _) = row(|r| Some(r.rps), None);
+            let rps_ratio = row(|r| Some(r.rps), Some(NGINX_ROW));
+            let cpu = row(|r| r.cpu_us_per_req, None);
+            let cpu_ratio = row(|r| r.cpu_us_per_req, Some(NGINX_ROW));
+            let (_, busy, _) = row(|r| r.busy, None);
             // wrk's percentiles from the turn with the median requests a second.
             let mut by_rps: Vec<&WrkResult> = turns_run.iter().map(|t| &t[i].0).collect();
             by_rps.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             let mid = by_rps[by_rps.len() / 2];
             let quiet = turns_run.iter().filter(|t| t[i].1).count();
-            let fmt = |(lo, mid, hi): (f64, f64, f64), digits: usize| {
-                format!("{mid:.digits$} ({lo:.digits$}-{hi:.digits$})")
-            };
             println!(
                 "   {label:<24} {rps:>8.0} {:>18} {:>6} {:>18} {:>18} {:>10} {:>10} {:>7}",
-                fmt(rps_ratio, 2),
+                with_quartiles(rps_ratio, 2),
                 format!("{busy:.0} %"),
-                fmt(cpu, 1),
-                fmt(cpu_ratio, 2),
+                with_quartiles(cpu, 1),
+                with_quartiles(cpu_ratio, 2),
                 mid.p50,
                 mid.p99,
                 format!("{quiet}/{turns}"),
@@ -338,27 +326,100 @@ async fn throughput(s: &mut Setup, secs: Duration, rounds_n: usize) {
     set_logging(s, None);
 }
 
-/// Section 2: CPU per request at a fixed 5,000 req/s.
-async fn open_loop(s: &Setup, secs: Duration) {
-    println!("\n2. CPU per request at a fixed 5,000 req/s (open loop, 64 connections)");
+/// How many turns of [`TURN`] each row of sections 1 and 2 takes:
+/// `BENCH_ROUNDS` × `BENCH_SECS` / 2.
+fn turn_count(secs: Duration, rounds_n: usize) -> usize {
+    (rounds_n * secs.as_secs() as usize / TURN.as_secs() as usize).max(1)
+}
+
+/// The quartiles of row `i`'s figure (`pick`) over the turns in which its
+/// slice was quiet or, with `by`, of its figure divided by row `by`'s in
+/// the same turn, over the turns in which both were quiet. Over all the
+/// turns when fewer than three were quiet.
+fn over_turns<T>(
+    turns: &[Vec<(T, bool)>],
+    i: usize,
+    by: Option<usize>,
+    pick: impl Fn(&T) -> Option<f64>,
+) -> (f64, f64, f64) {
+    let of = |t: &Vec<(T, bool)>| {
+        let divisor = match by {
+            Some(b) => pick(&t[b].0)?,
+            None => 1.0,
+        };
+        Some(pick(&t[i].0)? / divisor)
+    };
+    let quiet: Vec<f64> = turns
+        .iter()
+        .filter(|t| t[i].1 && by.is_none_or(|b| t[b].1))
+        .filter_map(of)
+        .collect();
+    if quiet.len() >= 3 {
+        quartiles(quiet)
+    } else {
+        quartiles(turns.iter().filter_map(of).collect())
+    }
+}
+
+/// "median (lower quartile-upper quartile)".
+fn with_quartiles((lo, mid, hi): (f64, f64, f64), digits: usize) -> String {
+    format!("{mid:.digits$} ({lo:.digits$}-{hi:.digits$})")
+}
+
+/// Section 2: CPU per request at a fixed 5,000 req/s, the rows taking
+/// turns as in section 1.
+async fn open_loop(s: &Setup, secs: Duration, rounds_n: usize) {
+    let turns = turn_count(secs, rounds_n);
     println!(
-        "   {:<22} {:>14} {:>10} {:>10}",
-        "", "CPU µs/req", "p50 µs", "p99 µs"
+        "\n2. CPU per request at a fixed 5,000 req/s (open loop, 64 connections; the rows take {turns} turns of {} s; medians, quartiles in brackets)",
+        TURN.as_secs()
     );
-    let steal = Steal::now();
-    for (name, url, proc) in [
+    println!(
+        "   {:<24} {:>18} {:>18} {:>10} {:>10} {:>7}",
+        "", "CPU µs/req", "CPU × nginx", "p50 µs", "p99 µs", "quiet"
+    );
+    let rows = [
         ("sidekey", &s.sidekey_url, &s.sidekey),
+        // At NGINX_ROW.
         ("nginx", &s.nginx_url, &s.nginx),
         ("hyper floor", &s.floor_url, &s.floor),
         ("sidekey fallback+models", &s.fallback_url, &s.sidekey),
-    ] {
-        let r = fixed_rate(url, secs, 5000, 64, Some(proc)).await;
+    ];
+    let clients: Vec<HttpsClient> = rows.iter().map(|_| https_client()).collect();
+    for (client, (_, url, _)) in clients.iter().zip(&rows) {
+        warm(client, url, 64).await;
+    }
+    // Turn by turn, row by row: CPU µs a request and whether the slice
+    // was quiet; and each row's latencies in its quiet slices.
+    let mut turns_run: Vec<Vec<(f64, bool)>> = Vec::new();
+    let mut quiet_lat = vec![Vec::new(); rows.len()];
+    for _ in 0..turns {
+        let mut turn = Vec::new();
+        for (i, (client, (_, url, proc))) in clients.iter().zip(&rows).enumerate() {
+            let steal = CpuSteal::now();
+            let before = proc.cpu_secs();
+            let lat = at_rate(client, url, TURN, 5000, 64).await;
+            let cpu = (proc.cpu_secs() - before) / lat.len() as f64 * 1e6;
+            let quiet = steal.since() <= QUIET_TICKS;
+            if quiet {
+                quiet_lat[i].extend(lat);
+            }
+            turn.push((cpu, quiet));
+        }
+        turns_run.push(turn);
+    }
+    for (i, (name, _, _)) in rows.iter().enumerate() {
+        let cpu = over_turns(&turns_run, i, None, |c| Some(*c));
+        let ratio = over_turns(&turns_run, i, Some(NGINX_ROW), |c| Some(*c));
+        let (p50, p99) = percentiles(&mut quiet_lat[i]);
+        let quiet = turns_run.iter().filter(|t| t[i].1).count();
         println!(
-            "   {name:<22} {:>14.1} {:>10.0} {:>10.0}",
-            r.cpu_us_per_req, r.p50, r.p99
+            "   {name:<24} {:>18} {:>18} {p50:>10.0} {p99:>10.0} {:>7}",
+            with_quartiles(cpu, 1),
+            with_quartiles(ratio, 2),
+            format!("{quiet}/{turns}"),
         );
     }
-    println!("   {STEAL}: {:.1} %", steal.since());
 }
 
 /// Section 3: added latency at a fixed 1,000 req/s.
@@ -988,39 +1049,6 @@ async fn wrk(url: &str, secs: Duration, proc: Option<&Proc>) -> WrkResult {
 
 // === 2. fixed rate ===
 
-struct RateResult {
-    p50: f64,
-    p99: f64,
-    cpu_us_per_req: f64,
-}
-
-/// Sends `rate` req/s for `secs` over up to `conns` keep-alive connections,
-/// open loop (requests leave on schedule, whatever the answers do). Latency
-/// is timed from each request's actual send, in µs; the proxy's CPU time is
-/// divided by the requests answered.
-async fn fixed_rate(
-    url: &str,
-    secs: Duration,
-    rate: u64,
-    conns: usize,
-    proc: Option<&Proc>,
-) -> RateResult {
-    let client = https_client();
-    warm(&client, url, conns).await;
-    let before = proc.map(Proc::cpu_secs);
-    let mut lat = at_rate(&client, url, secs, rate, conns).await;
-    let after = proc.map(Proc::cpu_secs);
-    let answered = lat.len() as f64;
-    let (p50, p99) = percentiles(&mut lat);
-    RateResult {
-        p50,
-        p99,
-        cpu_us_per_req: before
-            .zip(after)
-            .map_or(f64::NAN, |(b, a)| (a - b) / answered * 1e6),
-    }
-}
-
 /// Opens `conns` connections in `client`'s pool to `url`.
 async fn warm(client: &HttpsClient, url: &str, conns: usize) {
     let warm: Vec<_> = (0..conns).map(|_| client.request(post(url))).collect();
@@ -1074,34 +1102,6 @@ async fn at_rate(
         }
     }
     lat
-}
-
-/// How the steal share is labelled under a table.
-const STEAL: &str = "CPU time the VM's host took (steal)";
-
-/// The machine's CPU time taken by a VM's host (`steal` in `/proc/stat`) from
-/// a moment on: rounds measured while the host took a share of the CPUs
-/// are not comparable with quiet ones, and the tables say which those were.
-struct Steal {
-    total: u64,
-    steal: u64,
-}
-
-impl Steal {
-    fn now() -> Self {
-        let ticks = cpu_ticks(&proc_stat(), "cpu");
-        Self {
-            total: ticks.iter().sum(),
-            steal: ticks.get(7).copied().unwrap_or(0),
-        }
-    }
-
-    /// The share of the machine's CPU time stolen since `self`, in %.
-    fn since(&self) -> f64 {
-        let now = Self::now();
-        let total = now.total.saturating_sub(self.total).max(1);
-        now.steal.saturating_sub(self.steal) as f64 / total as f64 * 100.0
-    }
 }
 
 /// The steal of CPU 0 (the proxies') and CPU 1 (the upstream's and the
