@@ -87,15 +87,16 @@ const KEY: &str = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz";
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi"}]}"#;
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
 const STREAMS: usize = 1000;
-/// Where nginx sits among section 1's rows: the other rows' figures are
-/// divided by its, turn by turn.
+/// Where nginx sits among the rows of sections 1 and 2: the other rows'
+/// figures are divided by its, turn by turn.
 const NGINX_ROW: usize = 1;
-/// How long each row of section 1 runs before the next takes its turn.
+/// How long each row of sections 1 and 2 runs before the next takes its
+/// turn.
 const TURN: Duration = Duration::from_secs(2);
-/// A turn of sections 1 and 2 is quiet when the host took at most 1 % of the two
-/// CPUs' time during it (4 of their 400 ticks): its requests a second and
-/// CPU move by about as much, where a p99 (section 3) moves with a single
-/// tick.
+/// A turn of sections 1 and 2 is quiet when the host took at most 1 % of
+/// the two CPUs' time during it (4 of their 400 ticks): its requests a
+/// second and CPU move by about as much, where a p99 (section 3) moves
+/// with a single tick.
 const QUIET_TICKS: u64 = 4;
 /// The client credential headers both nginx and the floor clear, besides
 /// `Authorization`, which they overwrite (sidekey strips these and more).
@@ -1110,8 +1111,18 @@ struct CpuSteal([u64; 2]);
 
 impl CpuSteal {
     fn now() -> Self {
-        let stat = proc_stat();
-        Self(["cpu0", "cpu1"].map(|cpu| cpu_ticks(&stat, cpu).get(7).copied().unwrap_or(0)))
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // "cpuN user nice system idle iowait irq softirq steal ...".
+        let steal = |cpu: &str| {
+            stat.lines()
+                .find_map(|line| {
+                    let mut fields = line.split_whitespace();
+                    (fields.next() == Some(cpu)).then(|| fields.nth(7))?
+                })
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0)
+        };
+        Self([steal("cpu0"), steal("cpu1")])
     }
 
     /// The ticks the host took from both CPUs since `self`.
@@ -1122,23 +1133,6 @@ impl CpuSteal {
             .map(|(n, t)| n.saturating_sub(t))
             .sum()
     }
-}
-
-fn proc_stat() -> String {
-    std::fs::read_to_string("/proc/stat").unwrap_or_default()
-}
-
-/// The first eight figures of `cpu`'s line in `/proc/stat`: user, nice,
-/// system, idle, iowait, irq, softirq and steal, in ticks.
-fn cpu_ticks(stat: &str, cpu: &str) -> Vec<u64> {
-    stat.lines()
-        .map(str::split_whitespace)
-        .find_map(|mut fields| (fields.next() == Some(cpu)).then_some(fields))
-        .into_iter()
-        .flatten()
-        .take(8)
-        .filter_map(|t| t.parse().ok())
-        .collect()
 }
 
 /// The lower quartile, the median and the upper quartile of `values`
