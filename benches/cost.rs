@@ -386,10 +386,7 @@ async fn open_loop(s: &Setup, secs: Duration, rounds_n: usize) {
         ("hyper floor", &s.floor_url, &s.floor),
         ("sidekey fallback+models", &s.fallback_url, &s.sidekey),
     ];
-    let clients: Vec<HttpsClient> = rows.iter().map(|_| https_client()).collect();
-    for (client, (_, url, _)) in clients.iter().zip(&rows) {
-        warm(client, url, 64).await;
-    }
+    let clients = warmed_clients(rows.iter().map(|r| r.1), 64).await;
     // Turn by turn, row by row: CPU µs a request and whether the slice
     // was quiet; and each row's latencies in its quiet slices.
     let mut turns_run: Vec<Vec<(f64, bool)>> = Vec::new();
@@ -448,10 +445,7 @@ async fn latency(s: &Setup, secs: Duration, rounds_n: usize) {
         ("nginx", &s.nginx_url),
         ("hyper floor", &s.floor_url),
     ];
-    let clients: Vec<HttpsClient> = rows.iter().map(|_| https_client()).collect();
-    for (client, (_, url)) in clients.iter().zip(&rows) {
-        warm(client, url, 16).await;
-    }
+    let clients = warmed_clients(rows.iter().map(|r| r.1), 16).await;
     // Latencies in µs, row by row: of the quiet slices, and of all.
     let mut quiet = vec![Vec::new(); rows.len()];
     let mut all = vec![Vec::new(); rows.len()];
@@ -468,17 +462,17 @@ async fn latency(s: &Setup, secs: Duration, rounds_n: usize) {
         }
     }
     let (d50, d99) = percentiles(&mut quiet[0]);
+    // A row without a quiet slice has no figures: "-", not NaN.
+    let us = |v: f64| {
+        if v.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{v:.0}")
+        }
+    };
     for (i, (name, _)) in rows.iter().enumerate() {
         let (p50, p99) = percentiles(&mut quiet[i]);
         let (_, p99_all) = percentiles(&mut all[i]);
-        // A row without a quiet slice has no figures: "-", not NaN.
-        let us = |v: f64| {
-            if v.is_nan() {
-                "-".to_string()
-            } else {
-                format!("{v:.0}")
-            }
-        };
         let (a50, a99) = if i == 0 {
             ("-".to_string(), "-".to_string())
         } else {
@@ -1050,6 +1044,21 @@ async fn wrk(url: &str, secs: Duration, proc: Option<&Proc>) -> WrkResult {
 
 // === 2. fixed rate ===
 
+/// A client per URL, each with `conns` connections open to it: one row's
+/// client for a whole section, so its slices reuse warm connections.
+async fn warmed_clients<'a>(
+    urls: impl IntoIterator<Item = &'a String>,
+    conns: usize,
+) -> Vec<HttpsClient> {
+    let mut clients = Vec::new();
+    for url in urls {
+        let client = https_client();
+        warm(&client, url, conns).await;
+        clients.push(client);
+    }
+    clients
+}
+
 /// Opens `conns` connections in `client`'s pool to `url`.
 async fn warm(client: &HttpsClient, url: &str, conns: usize) {
     let warm: Vec<_> = (0..conns).map(|_| client.request(post(url))).collect();
@@ -1139,23 +1148,23 @@ impl CpuSteal {
 /// (NaN when there are none).
 fn quartiles(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let i = ((values.len() as f64 - 1.0) * q).round() as usize;
-        values.get(i).copied().unwrap_or(f64::NAN)
-    };
+    let at = |q| quantile(&values, q);
     (at(0.25), at(0.5), at(0.75))
 }
 
+/// The p50 and p99 of `v` (NaN when it is empty); sorts it.
 fn percentiles(v: &mut [f64]) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
     v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99))
+    (quantile(v, 0.5), quantile(v, 0.99))
 }
 
-// === 3 and 4: streams ===
+/// The `q` quantile of `sorted`, nearest rank (NaN when it is empty).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+// === 4 and 5: streams ===
 
 /// A TLS server on CPU 1 that answers every request with a stream: one event
 /// at once, then silence for a minute (bounded), then `[DONE]`.
